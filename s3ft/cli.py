@@ -1,0 +1,132 @@
+"""The `s3ft` command. Every user mistake surfaces as an `S3FTError`, printed here without a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import logging
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from s3ft.errors import S3FTError
+
+SET_HELP = "Override a config key, e.g. --set data.limit=100 --set generation.backend=hf (repeatable)."
+
+
+def _config_command(sub: argparse._SubParsersAction, name: str, help_text: str) -> argparse.ArgumentParser:
+    parser = sub.add_parser(name, help=help_text, description=help_text)
+    parser.add_argument("config", help="Experiment YAML (see configs/experiments/).")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="s3ft",
+        description="Selective Self-to-Supervised Fine-Tuning: train a model on its own correct answers, "
+        "its own paraphrases of gold answers, and gold answers only where neither is judged correct.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="Debug logging.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    _config_command(
+        sub, "data", "Build the training set: generate the model's answers, judge them, paraphrase the gold where they "
+        "fail, judge again, select targets. Writes data/merged.jsonl and data/stats.json; re-runs skip finished shards."
+    ).set_defaults(func=cmd_data)
+
+    judge = sub.add_parser(
+        "judge", help="Judge a JSONL file of responses.",
+        description="Judge a JSONL file: each input row carries `response` plus what the judge needs (math: gold; "
+        "qa: answers or gold; ...). Each output row is the input plus `correct` and `reason`.",
+    )
+    judge.add_argument("kind", help="Judge kind: math, qa, or any registered kind.")
+    judge.add_argument("--input", required=True, type=Path, help="JSONL rows to judge.")
+    judge.add_argument("--output", required=True, type=Path, help="Where to write the judged rows (JSONL).")
+    judge.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="Judge settings, e.g. --set judge.match=contains.")
+    judge.set_defaults(func=cmd_judge)
+
+    tiny = sub.add_parser(
+        "init-tiny-model", help="Write a tiny random Llama with a char-level tokenizer (no download).",
+        description="Write a tiny random Llama (head_dim 64, so vLLM accepts it) with a char-level tokenizer and a "
+        "chat template, in Hugging Face format: smoke-test a cluster without downloading weights.",
+    )
+    tiny.add_argument("dir", type=Path, help="Output folder.")
+    tiny.add_argument("--hidden-size", type=int, default=128)
+    tiny.add_argument("--layers", type=int, default=2)
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(func=cmd_init_tiny_model)
+    return parser
+
+
+def cmd_data(args: argparse.Namespace) -> None:
+    from s3ft.config import load_config
+    from s3ft.pipeline.data_engine import run_data
+    from s3ft.report_tables import print_stats
+
+    config = load_config(args.config, args.overrides)
+    summary = run_data(config)
+    print_stats(summary, Path(config.output_dir))
+
+
+def cmd_judge(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from s3ft.config import JudgeConfig, apply_overrides, build_section
+    from s3ft.data.sources import iter_records
+    from s3ft.errors import DataError
+    from s3ft.judges.run import judge_from_config, verdict_dict
+    from s3ft.pipeline.shards import write_jsonl
+
+    settings = apply_overrides({"judge": {"kind": args.kind}}, args.overrides)
+    judge = judge_from_config(build_section(JudgeConfig, settings["judge"], "judge"))
+    if not args.input.is_file():
+        raise DataError("no such file", file=str(args.input))
+    counts: Counter[str] = Counter()
+
+    def judged() -> Iterator[dict[str, Any]]:
+        records = iter_records(str(args.input))
+        with tqdm(desc=f"judge {args.kind}", unit="row") as bar:
+            while chunk := list(itertools.islice(records, 256)):
+                for record in chunk:
+                    if record.row is None:
+                        raise DataError(record.error or "unreadable row", file=record.file, line=record.line)
+                for record, verdict in zip(chunk, judge.judge_batch([r.row for r in chunk]), strict=True):
+                    counts["correct" if verdict.correct else "incorrect"] += 1
+                    counts["error"] += verdict.reason.startswith("error")
+                    yield {**record.row, **verdict_dict(verdict)}
+                bar.update(len(chunk))
+
+    total = write_jsonl(args.output, judged())
+    print(f"{total} rows judged: {counts['correct']} correct, {counts['incorrect']} incorrect "
+          f"({counts['error']} could not be judged) → {args.output}")
+
+
+def cmd_init_tiny_model(args: argparse.Namespace) -> None:
+    from s3ft.models.tiny import build_tiny_model
+
+    path = build_tiny_model(args.dir, hidden_size=args.hidden_size, num_layers=args.layers, seed=args.seed)
+    print(f"tiny Llama written to {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        args.func(args)
+    except S3FTError as exc:
+        print(f"s3ft {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"s3ft {args.command}: interrupted; finished shards are kept, run again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""Experiment config: one YAML per experiment, validated before any work starts.
+
+Each stage takes only its own section; `stage_key` hashes the sections that affect a stage so a
+changed setting gets a fresh cache directory instead of silently reusing stale shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from s3ft.errors import ConfigError
+
+TaskName = Literal["gsm8k", "humaneval", "mbpp", "nq_open", "generic"]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+SectionT = TypeVar("SectionT", bound=Section)
+
+
+class ModelConfig(Section):
+    path: str = Field(description="Local model folder (Hugging Face format) or a hub id.")
+    build_tiny_if_missing: bool = Field(
+        False, description="Write a tiny random Llama at `path` if nothing is there (smoke tests, demos)."
+    )
+    trust_remote_code: bool = Field(False, description="Run code shipped with the model; off unless asked.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    max_model_len: int | None = Field(None, gt=0, description="Context length; default: the model's own.")
+
+
+class DataConfig(Section):
+    path: str = Field(description="JSONL or parquet file, a `datasets.save_to_disk` folder, or a hub dataset name.")
+    task: TaskName = Field(description="Task adapter: how rows become prompts, golds and judge fields.")
+    split: str = Field("train", description="Split to take from a dataset dict (disk folder or hub).")
+    limit: int | None = Field(None, gt=0, description="Use only the first N rows.")
+    on_bad_row: Literal["error", "skip"] = Field(
+        "error", description="error: stop at the first bad row; skip: write it to data/rejects.jsonl with its reason."
+    )
+    prompt_template: str | None = Field(None, description="YAML file overriding the task's prompt templates.")
+    prompt_field: str = Field("prompt", description="generic task: column with the prompt text.")
+    response_field: str = Field("response", description="generic task: column with the gold response.")
+    messages_field: str = Field("messages", description="generic task: column with a chat list (used if present).")
+
+
+class GenerationConfig(Section):
+    backend: Literal["vllm", "hf"] = "vllm"
+    num_engines: int = Field(1, gt=0, description="Data-parallel engines (Ray actors).")
+    tensor_parallel_size: int = Field(1, gt=0, description="GPUs per vLLM engine (one node, placement group).")
+    device: Literal["auto", "cuda", "cpu"] = Field("auto", description="auto: cuda when the Ray cluster has GPUs.")
+    max_tokens: int = Field(256, gt=0)
+    temperature: float = Field(0.0, ge=0.0, description="0 is greedy (the default, as in the paper).")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    stop: list[str] = Field(default_factory=list, description="Extra stop strings; EOS always stops.")
+    seed: int = 0
+    shard_size: int = Field(64, gt=0, description="Rows per shard: the unit of resume and of work per engine.")
+    batch_size: int = Field(32, gt=0, description="hf backend: prompts per generate call.")
+    gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0)
+    cpu_kvcache_gib: float = Field(1.0, gt=0.0, description="vLLM on CPU: KV cache size (VLLM_CPU_KVCACHE_SPACE).")
+    cpus_per_engine: int = Field(1, gt=0)
+
+
+class JudgeConfig(Section):
+    kind: str = Field("math", description="math | qa | code | llm | python (then `target`).")
+    match: Literal["exact", "contains"] = Field("exact", description="qa: exact match, or a gold as a whole-word span.")
+    target: str | None = Field(None, description="python judge: 'package.module:function'.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Extra keyword options of the judge (code: timeout_s, memory_mb).")
+    num_workers: int = Field(0, ge=0, description="Parallel Ray tasks; 0 means one per CPU of the cluster.")
+
+
+class ParaphraseConfig(Section):
+    template: str | None = Field(None, description="Override of the task's paraphrase prompt ({question}, {gold}).")
+
+
+class SelectionConfig(Section):
+    strategy: Literal["sft", "ssr", "s3ft", "rft"] = Field(
+        "s3ft", description="sft: gold; ssr: self else gold; s3ft: self else paraphrase else gold; rft: k samples."
+    )
+    num_samples: int = Field(4, gt=0, description="rft: samples per example.")
+    sample_temperature: float = Field(0.7, gt=0.0, description="rft: sampling temperature.")
+
+
+class Config(Section):
+    output_dir: str = Field(description="Run directory: every stage's output, the model, the report.")
+    seed: int = 0
+    model: ModelConfig
+    data: DataConfig
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    paraphrase: ParaphraseConfig = Field(default_factory=ParaphraseConfig)
+    selection: SelectionConfig = Field(default_factory=SelectionConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Config:
+        if self.judge.kind == "python" and not self.judge.target:
+            raise ValueError("judge.kind 'python' needs judge.target: 'package.module:function'")
+        if self.generation.backend == "hf" and self.generation.tensor_parallel_size > 1:
+            raise ValueError("generation.tensor_parallel_size > 1 needs backend 'vllm'")
+        return self
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set expects key.sub=value, got '{item}'")
+    return key.split("."), yaml.safe_load(raw) if raw else ""
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        path, value = parse_override(item)
+        node = data
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item}: '{part}' is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def _allowed_keys(cls: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The keys the section holding `loc` accepts, for "unknown key" messages."""
+    for part in loc[:-1]:
+        field = cls.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        candidates = [a for a in (annotation, *getattr(annotation, "__args__", ())) if isinstance(a, type)]
+        nested = [a for a in candidates if issubclass(a, BaseModel)]
+        if not nested:
+            return []
+        cls = nested[0]
+    return sorted(cls.model_fields)
+
+
+def _describe(errors: list[dict[str, Any]], cls: type[BaseModel]) -> str:
+    lines = []
+    for err in errors:
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_keys(cls, err["loc"])
+            lines.append(f"  {key}: unknown key" + (f"; allowed here: {', '.join(allowed)}" if allowed else ""))
+        else:
+            lines.append(f"  {key}: {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+def build_section(cls: type[SectionT], data: Any, source: str) -> SectionT:
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source} is invalid:\n{_describe(exc.errors(), cls)}") from None
+
+
+def build_config(data: dict[str, Any], source: str = "config") -> Config:
+    return build_section(Config, data, source)
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return build_config(apply_overrides(data, overrides or []), str(path))
+
+
+def save_config(config: Config, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+
+
+def stage_key(*parts: BaseModel | dict[str, Any] | str) -> str:
+    """A short stable hash of the settings that decide a stage's output."""
+    blob = json.dumps(
+        [p.model_dump(mode="json") if isinstance(p, BaseModel) else p for p in parts], sort_keys=True
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]

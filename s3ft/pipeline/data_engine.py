@@ -1,0 +1,156 @@
+"""`s3ft data`: load → generate → judge → paraphrase → judge → select, each stage resumable.
+
+This file reads like the algorithm; the Ray and vLLM details live in `generation.ray_pool` and
+`judges.run`, the S3FT decisions in `selection`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from s3ft.config import Config, save_config, stage_key
+from s3ft.data.load import run_load
+from s3ft.data.prompts import Templates, load_templates
+from s3ft.data.tasks import paraphrase_messages
+from s3ft.generation.base import Sampling
+from s3ft.judges.run import judge_shards
+from s3ft.models.resolve import load_tokenizer, render_prompt, resolve_model
+from s3ft.pipeline.cluster import ensure_ray
+from s3ft.pipeline.shards import ShardStore, write_jsonl
+from s3ft.pipeline.stage import Mapper, Shard, run_stage
+from s3ft.selection import needs_paraphrase, select_all, stats
+
+log = logging.getLogger(__name__)
+
+
+def run_data(cfg: Config) -> dict[str, Any]:
+    run_dir = Path(cfg.output_dir)
+    save_config(cfg, run_dir / "config.yaml")
+    templates = load_templates(cfg.data.task, cfg.data.prompt_template, cfg.paraphrase.template)
+    loaded = ShardStore(run_dir, "load", stage_key(cfg.data, vars(templates), str(cfg.generation.shard_size)))
+    if not loaded.finished:
+        run_load(cfg.data, templates, loaded, cfg.generation.shard_size, run_dir / "data" / "rejects.jsonl")
+    strategy = cfg.selection.strategy
+    final = loaded if strategy == "sft" else _self_and_paraphrase(cfg, run_dir, loaded, templates)
+    return _select(run_dir, final, strategy, loaded.manifest)
+
+
+def _self_and_paraphrase(cfg: Config, run_dir: Path, loaded: ShardStore, templates: Templates) -> ShardStore:
+    model_path = resolve_model(cfg.model)
+    tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
+    gen = cfg.generation
+    rft = cfg.selection.strategy == "rft"
+    sampling = Sampling(
+        max_tokens=gen.max_tokens,
+        temperature=cfg.selection.sample_temperature if rft else gen.temperature,
+        top_p=gen.top_p,
+        n=cfg.selection.num_samples if rft else 1,
+        stop=tuple(gen.stop),
+        seed=gen.seed,
+    )
+    model_key = [cfg.model.path, cfg.model.dtype, gen.backend]
+    generated = ShardStore(run_dir, "generate", stage_key(loaded.key, model_key, vars(sampling)))
+    judge_key = cfg.judge.model_dump(exclude={"num_workers"})
+    judged = ShardStore(run_dir, "judge", stage_key(generated.key, judge_key))
+
+    with contextlib.ExitStack() as stack:
+        pool = _lazy_pool(stack, cfg.model.model_copy(update={"path": model_path}), gen)
+        ensure_ray()
+        run_stage(loaded, generated, _generate_into(pool, sampling, "responses",
+                                                    lambda row: render_prompt(tokenizer, row["messages"])),
+                  "generate")
+        run_stage(generated, judged, _judge_into(cfg, "responses", "verdicts"), "judge")
+        if cfg.selection.strategy != "s3ft":
+            return judged
+
+        greedy_one = Sampling(**(vars(sampling) | {"n": 1}))
+        paraphrased = ShardStore(run_dir, "paraphrase", stage_key(judged.key, vars(templates), vars(greedy_one)))
+        para_judged = ShardStore(run_dir, "judge_paraphrase", stage_key(paraphrased.key, judge_key))
+
+        def paraphrase_prompt(row: dict[str, Any]) -> str | None:
+            return render_prompt(tokenizer, paraphrase_messages(row, templates)) if needs_paraphrase(row) else None
+
+        run_stage(judged, paraphrased, _generate_into(pool, greedy_one, "paraphrase", paraphrase_prompt, first=True),
+                  "paraphrase")
+        run_stage(paraphrased, para_judged, _judge_into(cfg, "paraphrase", "paraphrase_verdict"), "judge paraphrase")
+        return para_judged
+
+
+def _lazy_pool(stack: contextlib.ExitStack, model: Any, gen: Any) -> Callable[[], Any]:
+    """Engines start only when a stage has work left: a finished run re-run starts none."""
+    holder: list[Any] = []
+
+    def get() -> Any:
+        if not holder:
+            from s3ft.generation.ray_pool import GenerationPool
+
+            holder.append(stack.enter_context(GenerationPool(model, gen)))
+        return holder[0]
+
+    return get
+
+
+def _generate_into(
+    pool: Callable[[], Any], sampling: Sampling, field: str, prompt_of: Callable[[dict[str, Any]], str | None],
+    first: bool = False,
+) -> Mapper:
+    """Generate for the rows that have a prompt; store the completions (or the first) in `field`, else None."""
+
+    def mapper(items: Iterable[Shard]) -> Iterator[Shard]:
+        waiting: dict[int, tuple[list[dict[str, Any]], list[bool]]] = {}
+
+        def feed() -> Iterator[tuple[int, list[str]]]:
+            for index, rows in items:
+                prompts = [prompt_of(row) for row in rows]
+                waiting[index] = (rows, [p is not None for p in prompts])
+                yield index, [p for p in prompts if p is not None]
+
+        for index, completions in pool().generate_shards(feed(), sampling):
+            rows, wanted = waiting.pop(index)
+            outputs = iter(completions)
+            for row, want in zip(rows, wanted, strict=True):
+                row[field] = (next(outputs)[0] if first else next(outputs)) if want else None
+            yield index, rows
+
+    return mapper
+
+
+def _judge_into(cfg: Config, field: str, verdict_field: str) -> Mapper:
+    """Judge each response in `field` (a list, or one text, or None) into `verdict_field`."""
+
+    def mapper(items: Iterable[Shard]) -> Iterator[Shard]:
+        waiting: dict[int, list[dict[str, Any]]] = {}
+
+        def feed() -> Iterator[tuple[int, list[dict[str, Any]]]]:
+            for index, rows in items:
+                waiting[index] = rows
+                yield index, [{**row, "response": r} for row in rows for r in _responses(row[field])]
+
+        for index, verdicts in judge_shards(cfg.judge, feed()):
+            rows = waiting.pop(index)
+            it = iter(verdicts)
+            for row in rows:
+                found = [next(it) for _ in _responses(row[field])]
+                row[verdict_field] = found if isinstance(row[field], list) else (found[0] if found else None)
+            yield index, rows
+
+    return mapper
+
+
+def _responses(value: list[str] | str | None) -> list[str]:
+    return value if isinstance(value, list) else [] if value is None else [value]
+
+
+def _select(run_dir: Path, final: ShardStore, strategy: str, load_manifest: dict[str, Any]) -> dict[str, Any]:
+    counts: Counter[str] = Counter()
+    data_dir = run_dir / "data"
+    write_jsonl(data_dir / "merged.jsonl", select_all(final.rows(), strategy, counts))
+    summary = stats(strategy, counts, input_rows=load_manifest["input_rows"], rejected=load_manifest["rejected"])
+    (data_dir / "stats.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

@@ -1,0 +1,92 @@
+"""Selection: pick each example's training target and say where it came from.
+
+sft   gold for every example.
+ssr   the model's own response where judged correct, else gold (Selective Self-Rehearsal).
+s3ft  own response, else the model's judged-correct paraphrase of the gold, else gold.
+rft   every distinct correct sample as its own row (`ID#k`), else gold (Rejection-sampling FT).
+
+Rows from the judge stage carry `responses` (list) and `verdicts` (one {correct, reason} each);
+the paraphrase stage adds `paraphrase` and `paraphrase_verdict`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+SOURCES = ("self", "paraphrase", "gold")
+
+
+def _merged(row: dict[str, Any], *, target: str, source: str, reason: str, **fields: Any) -> dict[str, Any]:
+    base = {
+        "id": row["id"],
+        "messages": row["messages"],
+        "gold": row["gold"],
+        "response": None,
+        "response_correct": None,
+        "paraphrase": row.get("paraphrase"),
+        "paraphrase_correct": (row.get("paraphrase_verdict") or {}).get("correct"),
+        "target": target,
+        "source": source,
+        "judge_reason": reason,
+    }
+    return base | fields
+
+
+def needs_paraphrase(row: dict[str, Any]) -> bool:
+    return not any(v["correct"] for v in row["verdicts"])
+
+
+def select_row(row: dict[str, Any], strategy: str) -> list[dict[str, Any]]:
+    if strategy == "sft":
+        return [_merged(row, target=row["gold"], source="gold", reason="sft: gold by construction")]
+    if strategy == "rft":
+        return _select_rft(row)
+    response, verdict = row["responses"][0], row["verdicts"][0]
+    own = {"response": response, "response_correct": verdict["correct"]}
+    if verdict["correct"]:
+        return [_merged(row, target=response, source="self", reason=verdict["reason"], **own)]
+    para = row.get("paraphrase_verdict")
+    if strategy == "s3ft" and para and para["correct"]:
+        return [_merged(row, target=row["paraphrase"], source="paraphrase", reason=para["reason"], **own)]
+    reason = f"response: {verdict['reason']}" + (f"; paraphrase: {para['reason']}" if para else "")
+    return [_merged(row, target=row["gold"], source="gold", reason=reason, **own)]
+
+
+def _select_rft(row: dict[str, Any]) -> list[dict[str, Any]]:
+    kept: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for k, (response, verdict) in enumerate(zip(row["responses"], row["verdicts"], strict=True)):
+        if verdict["correct"] and response.strip() not in seen:
+            seen.add(response.strip())
+            kept.append(
+                _merged(row, target=response, source="self", reason=verdict["reason"], response=response,
+                        response_correct=True) | {"id": f"{row['id']}#{k}"}
+            )
+    if kept:
+        return kept
+    reasons = "; ".join(sorted({v["reason"] for v in row["verdicts"]}))
+    return [_merged(row, target=row["gold"], source="gold", reason=f"no correct sample: {reasons}",
+                    response=row["responses"][0], response_correct=False)]
+
+
+def select_all(rows: Iterable[dict[str, Any]], strategy: str, counts: Counter[str]) -> Iterator[dict[str, Any]]:
+    """Stream merged rows, counting sources into `counts` (and `examples`) as they pass."""
+    for row in rows:
+        counts["examples"] += 1
+        for merged in select_row(row, strategy):
+            counts[merged["source"]] += 1
+            yield merged
+
+
+def stats(strategy: str, counts: Counter[str], **extra: Any) -> dict[str, Any]:
+    total = sum(counts[s] for s in SOURCES)
+    return {
+        "strategy": strategy,
+        "total": total,
+        "examples": counts["examples"],
+        **{s: counts[s] for s in SOURCES},
+        "share": {s: round(counts[s] / total, 4) if total else 0.0 for s in SOURCES},
+        **extra,
+    }
