@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Submit `s3ft run CONFIG` to a running Ray cluster as one Ray job; logs stream, the exit status is the job's.
+#
+# The plain line this wraps (token auth on, the repo as working dir):
+#   RAY_AUTH_MODE=token ray job submit --address http://HEAD:8265 --working-dir . \
+#       --runtime-env-json '{"env_vars": {"RAY_AUTH_MODE": "token"}}' -- s3ft run CONFIG
+#
+# Usage: launch/submit.sh [--address URL] [--no-wait] CONFIG [--set key=value ...]
+#   --address   the cluster's dashboard/job address (default: $RAY_ADDRESS, else http://127.0.0.1:8265)
+#   --no-wait   submit and return the job id instead of streaming its logs
+# The token: $RAY_AUTH_TOKEN, else the file $RAY_AUTH_TOKEN_PATH, else Ray's default (~/.ray/auth_token),
+# the same token the cluster was started with (`ray get-auth-token --generate` makes one).
+set -euo pipefail
+
+address="${RAY_ADDRESS:-http://127.0.0.1:8265}"
+wait_flag=()
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --address) address="$2"; shift 2 ;;
+    --no-wait) wait_flag=(--no-wait); shift ;;
+    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) break ;;
+  esac
+done
+[[ $# -ge 1 ]] || { echo "usage: $0 [--address URL] [--no-wait] CONFIG [--set key=value ...]" >&2; exit 2; }
+config="$1"; shift
+[[ -f "$config" ]] || { echo "$0: config file not found: $config" >&2; exit 2; }
+
+export RAY_AUTH_MODE=token
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$repo"
+# The job runs in a copy of the repo (the working dir); run outputs belong on shared storage, so
+# output_dir should be an absolute path that every node sees.
+exec ray job submit --address "$address" --working-dir "$repo" \
+  --runtime-env-json '{"env_vars": {"RAY_AUTH_MODE": "token"}, "excludes": [".venv", ".cache", "runs", ".git"]}' \
+  "${wait_flag[@]}" -- s3ft run "$config" "$@"
