@@ -37,6 +37,46 @@ def build_parser() -> argparse.ArgumentParser:
         "fail, judge again, select targets. Writes data/merged.jsonl and data/stats.json; re-runs skip finished shards."
     ).set_defaults(func=cmd_data)
 
+    run = _config_command(
+        sub, "run", "The whole job in one Ray driver: data (generate, judge, paraphrase, select) → train (DeepSpeed "
+        "ZeRO-3 under Ray Train) → eval → report. Re-running resumes: finished shards, checkpoints and stages are "
+        "kept; a changed setting re-runs what it affects."
+    )
+    run.add_argument("--from", dest="from_stage", choices=["data", "train", "eval", "report"],
+                     help="Run this stage and every later one again, discarding their outputs.")
+    run.set_defaults(func=cmd_run)
+
+    _config_command(
+        sub, "train", "Fine-tune model.path on RUN/data/merged.jsonl with DeepSpeed (train.launcher: ray | torchrun | "
+        "local); resumes from the newest checkpoint; exports a 16-bit Hugging Face model to RUN/model."
+    ).set_defaults(func=cmd_train)
+
+    plan = _config_command(
+        sub, "plan", "Will the config fit its cluster (the `cluster` section)? GPUs and memory per GPU that ZeRO-3 "
+        "training needs with and without offload (DeepSpeed's estimator), and the vLLM engine layout. Reads only "
+        "the model's config.json."
+    )
+    plan.add_argument("--model-config", help="A config.json to plan with instead of model.path's "
+                      "(configs/models/ has the paper's models).")
+    plan.set_defaults(func=cmd_plan)
+
+    _config_command(
+        sub, "eval", "Evaluate the base and the trained model (RUN/model): in-domain accuracy on eval.data_path with the "
+        "task's judge, general benchmarks through lm-evaluation-harness, and the base model's likelihood of each "
+        "source's targets. Writes eval/results.json and per-row outputs under eval/."
+    ).set_defaults(func=cmd_eval)
+
+    report = sub.add_parser(
+        "report", help="Compare runs: a markdown table and a plot.",
+        description="Compare runs (base, sft, ssr, s3ft, ...): in-domain metric, each general benchmark and the "
+        "average change from base, the data-source split and the likelihood diagnostic of each run. Writes "
+        "report.md and report.png.",
+    )
+    report.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="Run directories to compare.")
+    report.add_argument("--out", type=Path, help="Output folder (default: the run directory for one run, "
+                        "else RUNS_PARENT/report).")
+    report.set_defaults(func=cmd_report)
+
     judge = sub.add_parser(
         "judge", help="Judge a JSONL file of responses.",
         description="Judge a JSONL file: each input row carries `response` plus what the judge needs (math: gold; "
@@ -72,6 +112,59 @@ def cmd_data(args: argparse.Namespace) -> None:
     print_stats(summary, Path(config.output_dir))
 
 
+def cmd_run(args: argparse.Namespace) -> None:
+    from s3ft.config import load_config
+    from s3ft.pipeline.run import run_all
+
+    artefacts = run_all(load_config(args.config, args.overrides), args.from_stage)
+    print("s3ft run finished:")
+    for name, path in artefacts.items():
+        print(f"  {name:<14} {path}")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from s3ft.config import load_config
+    from s3ft.models.resolve import resolve_model
+    from s3ft.pipeline.run import preflight
+    from s3ft.train.driver import train
+
+    config = load_config(args.config, args.overrides)
+    preflight(Path(config.output_dir))
+    print(f"model written to {train(Path(config.output_dir), resolve_model(config.model), config.train)}")
+
+
+def cmd_plan(args: argparse.Namespace) -> None:
+    from s3ft.config import load_config
+    from s3ft.plan import plan
+    from s3ft.report_tables import print_plan
+
+    config = load_config(args.config, args.overrides)
+    print_plan(plan(config, args.model_config), config)
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from s3ft.config import load_config
+    from s3ft.eval.results import results_path
+    from s3ft.eval.run import run_eval
+    from s3ft.report_tables import print_results
+
+    config = load_config(args.config, args.overrides)
+    print_results(run_eval(config), results_path(config.output_dir))
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    import os
+
+    from s3ft.report import write_report
+
+    out = args.out
+    if out is None:
+        parent = Path(os.path.commonpath([d.resolve() for d in args.run_dirs]))
+        out = args.run_dirs[0] if len(args.run_dirs) == 1 else parent / "report"
+    markdown, plot = write_report(args.run_dirs, out)
+    print(f"report written: {markdown} and {plot}")
+
+
 def cmd_judge(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
@@ -100,7 +193,10 @@ def cmd_judge(args: argparse.Namespace) -> None:
                     yield {**record.row, **verdict_dict(verdict)}
                 bar.update(len(chunk))
 
-    total = write_jsonl(args.output, judged())
+    try:
+        total = write_jsonl(args.output, judged())
+    finally:
+        judge.close()
     print(f"{total} rows judged: {counts['correct']} correct, {counts['incorrect']} incorrect "
           f"({counts['error']} could not be judged) → {args.output}")
 

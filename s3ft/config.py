@@ -12,15 +12,13 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from s3ft.errors import ConfigError
+from s3ft.section import Section
+from s3ft.train.config import TrainConfig
 
 TaskName = Literal["gsm8k", "humaneval", "mbpp", "nq_open", "generic"]
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 SectionT = TypeVar("SectionT", bound=Section)
@@ -28,8 +26,9 @@ SectionT = TypeVar("SectionT", bound=Section)
 
 class ModelConfig(Section):
     path: str = Field(description="Local model folder (Hugging Face format) or a hub id.")
-    build_tiny_if_missing: bool = Field(
-        False, description="Write a tiny random Llama at `path` if nothing is there (smoke tests, demos)."
+    build_if_missing: Literal["none", "tiny", "demo"] = Field(
+        "none", description="If nothing is at `path`, write a model there: tiny (random Llama, smoke tests) or demo "
+        "(the tiny Llama pretrained on the demo's tasks, a few minutes on CPU)."
     )
     trust_remote_code: bool = Field(False, description="Run code shipped with the model; off unless asked.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -63,15 +62,36 @@ class GenerationConfig(Section):
     shard_size: int = Field(64, gt=0, description="Rows per shard: the unit of resume and of work per engine.")
     batch_size: int = Field(32, gt=0, description="hf backend: prompts per generate call.")
     gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0)
-    cpu_kvcache_gib: float = Field(1.0, gt=0.0, description="vLLM on CPU: KV cache size (VLLM_CPU_KVCACHE_SPACE).")
+    cpu_kvcache_gib: float = Field(1.0, gt=0.0, description="vLLM on CPU: KV cache size in GiB (exact, may be fractional).")
+    enforce_eager: bool = Field(False, description="vLLM: skip graph capture/compilation (faster start, slower decode).")
+    shards_in_flight: int = Field(2, gt=0, description="Shards per engine at once: vLLM batches them together.")
     cpus_per_engine: int = Field(1, gt=0)
+
+
+class LLMJudgeConfig(Section):
+    model: ModelConfig = Field(description="The judge model (often a larger instruct model than the one trained).")
+    generation: GenerationConfig = Field(
+        default_factory=lambda: GenerationConfig(max_tokens=64), description="How the judge model is served."
+    )
+    template: str | None = Field(None, description="Judge prompt with {question}, {gold}, {response}; default asks for a final 'correct'/'incorrect' line.")
+    audit_with: str | None = Field(None, description="A rule judge kind (qa, math) to compare verdicts with on a sample.")
+    audit_size: int = Field(100, gt=0, description="How many rows the audit compares.")
 
 
 class JudgeConfig(Section):
     kind: str = Field("math", description="math | qa | code | llm | python (then `target`).")
     match: Literal["exact", "contains"] = Field("exact", description="qa: exact match, or a gold as a whole-word span.")
     target: str | None = Field(None, description="python judge: 'package.module:function'.")
-    options: dict[str, Any] = Field(default_factory=dict, description="Extra keyword options of the judge (code: timeout_s, memory_mb).")
+    options: dict[str, Any] = Field(default_factory=dict, description="Extra keyword options of the judge (code: timeout_s, memory_mb, num_workers).")
+    llm: LLMJudgeConfig | None = Field(None, description="llm judge: its model, serving and prompt.")
+
+    @model_validator(mode="after")
+    def _kind_has_its_settings(self) -> JudgeConfig:
+        if self.kind == "python" and not self.target:
+            raise ValueError("judge.kind 'python' needs judge.target: 'package.module:function'")
+        if self.kind == "llm" and self.llm is None:
+            raise ValueError("judge.kind 'llm' needs a judge.llm section with at least model.path")
+        return self
     num_workers: int = Field(0, ge=0, description="Parallel Ray tasks; 0 means one per CPU of the cluster.")
 
 
@@ -87,6 +107,38 @@ class SelectionConfig(Section):
     sample_temperature: float = Field(0.7, gt=0.0, description="rft: sampling temperature.")
 
 
+class EvalConfig(Section):
+    data_path: str | None = Field(
+        None, description="The task's test split, in data.path's formats; none skips the in-domain evaluation."
+    )
+    split: str = Field("test", description="Split to take from a dataset dict.")
+    limit: int | None = Field(None, gt=0, description="Evaluate only the first N test rows.")
+    models: list[Literal["base", "trained"]] = Field(
+        default_factory=lambda: ["base", "trained"], description="Which models to evaluate."
+    )
+    general_tasks: list[str] = Field(
+        default_factory=lambda: ["mmlu", "truthfulqa_mc2", "hellaswag", "winogrande", "arc_challenge"],
+        description="lm-evaluation-harness tasks for general ability ([] skips them).",
+    )
+    general_backend: Literal["hf", "vllm"] = Field("hf", description="lm-eval model type.")
+    general_limit: float | None = Field(None, gt=0, description="lm-eval: examples per task (smoke runs).")
+    general_batch_size: int = Field(8, gt=0)
+    include_path: str | None = Field(None, description="A folder of extra lm-eval task YAMLs (local benchmarks).")
+    num_fewshot: int | None = Field(None, ge=0)
+    likelihood: bool = Field(True, description="Report the base model's NLL of the targets by source (paper, Table 1).")
+    likelihood_rows: int | None = Field(200, gt=0, description="Rows per source for the likelihood diagnostic.")
+
+
+class ClusterConfig(Section):
+    """The cluster a config is meant for: `s3ft plan` checks the layout against it, and config
+    validation refuses layouts that cannot exist on it."""
+
+    nodes: int = Field(1, gt=0)
+    gpus_per_node: int = Field(8, ge=0)
+    gpu_memory_gib: float = Field(80.0, gt=0, description="Memory of one GPU.")
+    cpu_memory_gib: float = Field(1024.0, gt=0, description="Host memory of one node (ZeRO offload lives here).")
+
+
 class Config(Section):
     output_dir: str = Field(description="Run directory: every stage's output, the model, the report.")
     seed: int = 0
@@ -96,13 +148,25 @@ class Config(Section):
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     paraphrase: ParaphraseConfig = Field(default_factory=ParaphraseConfig)
     selection: SelectionConfig = Field(default_factory=SelectionConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Fine-tuning: DeepSpeed ZeRO-3, full or LoRA.")
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    cluster: ClusterConfig | None = Field(None, description="The cluster this config is for (optional; see s3ft plan).")
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
-        if self.judge.kind == "python" and not self.judge.target:
-            raise ValueError("judge.kind 'python' needs judge.target: 'package.module:function'")
         if self.generation.backend == "hf" and self.generation.tensor_parallel_size > 1:
             raise ValueError("generation.tensor_parallel_size > 1 needs backend 'vllm'")
+        if self.cluster is not None and self.cluster.gpus_per_node > 0:
+            tp, engines = self.generation.tensor_parallel_size, self.generation.num_engines
+            gpus = self.cluster.nodes * self.cluster.gpus_per_node
+            if tp > self.cluster.gpus_per_node:
+                raise ValueError(f"generation.tensor_parallel_size {tp} > cluster.gpus_per_node "
+                                 f"{self.cluster.gpus_per_node}: one engine's GPUs must share a node")
+            if engines * tp > gpus:
+                raise ValueError(f"generation.num_engines {engines} x tensor_parallel_size {tp} = {engines * tp} GPUs, "
+                                 f"but the cluster has {gpus}")
+            if self.train.num_workers > gpus:
+                raise ValueError(f"train.num_workers {self.train.num_workers} > the cluster's {gpus} GPUs")
         return self
 
 

@@ -26,3 +26,7 @@ class ModelError(S3FTError):
 
 class JudgeError(S3FTError):
     """A judge that cannot be built (unknown kind, bad import path)."""
+
+
+class EvalError(S3FTError):
+    """An evaluation that cannot run, or a results file that cannot be read."""

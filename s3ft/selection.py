@@ -72,12 +72,24 @@ def _select_rft(row: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def select_all(rows: Iterable[dict[str, Any]], strategy: str, counts: Counter[str]) -> Iterator[dict[str, Any]]:
-    """Stream merged rows, counting sources into `counts` (and `examples`) as they pass."""
+    """Stream merged rows, counting sources (and what the judge could not decide) into `counts`."""
     for row in rows:
         counts["examples"] += 1
+        _count_verdicts(row, counts)
         for merged in select_row(row, strategy):
             counts[merged["source"]] += 1
             yield merged
+
+
+def _count_verdicts(row: dict[str, Any], counts: Counter[str]) -> None:
+    verdicts = [*row.get("verdicts", []), *([row["paraphrase_verdict"]] if row.get("paraphrase_verdict") else [])]
+    for verdict in verdicts:
+        counts["verdicts"] += 1
+        counts["judge_errors"] += verdict["reason"].startswith("error")
+        counts["unparseable"] += verdict["reason"].startswith("unparseable")
+        if "audit" in verdict:
+            counts["audited"] += 1
+            counts["audit_agree"] += verdict["audit"] == verdict["correct"]
 
 
 def stats(strategy: str, counts: Counter[str], **extra: Any) -> dict[str, Any]:
@@ -88,5 +100,12 @@ def stats(strategy: str, counts: Counter[str], **extra: Any) -> dict[str, Any]:
         "examples": counts["examples"],
         **{s: counts[s] for s in SOURCES},
         "share": {s: round(counts[s] / total, 4) if total else 0.0 for s in SOURCES},
+        "judge": {
+            "verdicts": counts["verdicts"],
+            "errors": counts["judge_errors"],
+            "unparseable": counts["unparseable"],
+            **({"audit": {"rows": counts["audited"], "agreement": round(counts["audit_agree"] / counts["audited"], 4)}}
+               if counts["audited"] else {}),
+        },
         **extra,
     }

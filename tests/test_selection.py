@@ -52,3 +52,13 @@ def test_counts_add_up_to_the_total() -> None:
     assert summary["total"] == len(merged) == 4
     assert (summary["self"], summary["paraphrase"], summary["gold"]) == (2, 1, 1)
     assert summary["share"] == {"self": 0.5, "paraphrase": 0.25, "gold": 0.25}
+
+
+def test_stats_count_what_the_judge_could_not_decide() -> None:
+    counts: Counter[str] = Counter()
+    unparseable = {"correct": False, "reason": "unparseable verdict: 'hmm'", "audit": True}
+    error = {"correct": False, "reason": "error: missing field(s) gold"}
+    audited_ok = {"correct": True, "reason": "llm judge: correct", "audit": True}
+    list(select_all([row(["a"], [unparseable]), row(["b"], [error], "4", audited_ok)], "s3ft", counts))
+    judge = stats("s3ft", counts)["judge"]
+    assert judge == {"verdicts": 3, "errors": 1, "unparseable": 1, "audit": {"rows": 2, "agreement": 0.5}}

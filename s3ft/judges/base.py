@@ -18,6 +18,7 @@ class Verdict:
     correct: bool
     reason: str
     score: float | None = None  # a graded figure where the judge has one (F1 for qa)
+    audit: bool | None = None  # a rule judge's verdict on the same row, where the LLM judge is audited
 
 
 class Judge:
@@ -36,6 +37,9 @@ class Judge:
 
     def judge_batch(self, rows: Sequence[Mapping[str, Any]]) -> list[Verdict]:
         return [self.missing_fields(row) or self.judge_row(row) for row in rows]
+
+    def close(self) -> None:
+        """Release what the judge holds (engines, pools); called once its stage is done."""
 
     def missing_fields(self, row: Mapping[str, Any]) -> Verdict | None:
         """An error verdict for a row that cannot be judged, never an exception for the batch."""

@@ -16,7 +16,11 @@ K = TypeVar("K")
 
 
 def judge_from_config(cfg: JudgeConfig) -> Judge:
-    options: dict[str, Any] = {"qa": {"match": cfg.match}, "python": {"target": cfg.target}}.get(cfg.kind, {})
+    options: dict[str, Any] = {
+        "qa": {"match": cfg.match},
+        "python": {"target": cfg.target},
+        "llm": {"settings": cfg.llm},
+    }.get(cfg.kind, {})
     return build_judge(cfg.kind, **options, **cfg.options)
 
 
@@ -24,6 +28,8 @@ def verdict_dict(verdict: Verdict) -> dict[str, Any]:
     out: dict[str, Any] = {"correct": verdict.correct, "reason": verdict.reason}
     if verdict.score is not None:
         out["score"] = verdict.score
+    if verdict.audit is not None:
+        out["audit"] = verdict.audit
     return out
 
 
@@ -31,14 +37,19 @@ def judge_rows(cfg: JudgeConfig, rows: list[dict[str, Any]]) -> list[dict[str, A
     return [verdict_dict(v) for v in judge_from_config(cfg).judge_batch(rows)]
 
 
-def judge_shards(cfg: JudgeConfig, items: Iterable[tuple[K, list[dict[str, Any]]]]) -> Iterator[tuple[K, list[dict[str, Any]]]]:
+def judge_shards(
+    cfg: JudgeConfig, items: Iterable[tuple[K, list[dict[str, Any]]]]
+) -> Iterator[tuple[K, list[dict[str, Any]]]]:
     """Verdict dicts for each (key, rows), yielded as shards finish; at most a few shards in flight per CPU."""
     import ray
 
     judge = judge_from_config(cfg)
     if judge.runs_in_driver or not ray.is_initialized():
-        for key, rows in items:
-            yield key, [verdict_dict(v) for v in judge.judge_batch(rows)]
+        try:
+            for key, rows in items:
+                yield key, [verdict_dict(v) for v in judge.judge_batch(rows)]
+        finally:
+            judge.close()
         return
     remote = ray.remote(num_cpus=1)(judge_rows)
     limit = 2 * (cfg.num_workers or max(1, int(ray.cluster_resources().get("CPU", 1))))

@@ -17,11 +17,16 @@ def resolve_model(cfg: ModelConfig) -> str:
     local = Path(cfg.path).expanduser()
     if local.is_dir() and (local / "config.json").is_file():
         return str(local)
-    if cfg.build_tiny_if_missing:
+    if cfg.build_if_missing == "tiny":
         from s3ft.models.tiny import build_tiny_model
 
-        log.info("building a tiny random Llama at %s (model.build_tiny_if_missing)", local)
+        log.info("building a tiny random Llama at %s (model.build_if_missing: tiny)", local)
         return str(build_tiny_model(local))
+    if cfg.build_if_missing == "demo":
+        from s3ft.demo.pretrain import build_demo_model
+
+        log.info("pretraining the demo's base model at %s (model.build_if_missing: demo; once, a few minutes)", local)
+        return str(build_demo_model(local))
     if local.exists() or cfg.path.startswith((".", "/", "~")) or cfg.path.count("/") != 1:
         raise ModelError(f"model.path '{cfg.path}': no Hugging Face model there (expected a folder with config.json)")
     return _download(cfg.path)

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +17,12 @@ from s3ft.data.load import run_load
 from s3ft.data.prompts import Templates, load_templates
 from s3ft.data.tasks import paraphrase_messages
 from s3ft.generation.base import Sampling
-from s3ft.judges.run import judge_shards
 from s3ft.models.resolve import load_tokenizer, render_prompt, resolve_model
 from s3ft.pipeline.cluster import ensure_ray
 from s3ft.pipeline.shards import ShardStore, write_jsonl
-from s3ft.pipeline.stage import Mapper, Shard, run_stage
+from s3ft.pipeline.mappers import generate_into, judge_into, lazy_pool
+from s3ft.pipeline.stage import run_stage
 from s3ft.selection import needs_paraphrase, select_all, stats
-
-log = logging.getLogger(__name__)
-
 
 def run_data(cfg: Config) -> dict[str, Any]:
     run_dir = Path(cfg.output_dir)
@@ -60,12 +55,12 @@ def _self_and_paraphrase(cfg: Config, run_dir: Path, loaded: ShardStore, templat
     judged = ShardStore(run_dir, "judge", stage_key(generated.key, judge_key))
 
     with contextlib.ExitStack() as stack:
-        pool = _lazy_pool(stack, cfg.model.model_copy(update={"path": model_path}), gen)
+        pool = lazy_pool(stack, cfg.model.model_copy(update={"path": model_path}), gen)
         ensure_ray()
-        run_stage(loaded, generated, _generate_into(pool, sampling, "responses",
+        run_stage(loaded, generated, generate_into(pool, sampling, "responses",
                                                     lambda row: render_prompt(tokenizer, row["messages"])),
                   "generate")
-        run_stage(generated, judged, _judge_into(cfg, "responses", "verdicts"), "judge")
+        run_stage(generated, judged, judge_into(cfg.judge, "responses", "verdicts"), "judge")
         if cfg.selection.strategy != "s3ft":
             return judged
 
@@ -76,75 +71,10 @@ def _self_and_paraphrase(cfg: Config, run_dir: Path, loaded: ShardStore, templat
         def paraphrase_prompt(row: dict[str, Any]) -> str | None:
             return render_prompt(tokenizer, paraphrase_messages(row, templates)) if needs_paraphrase(row) else None
 
-        run_stage(judged, paraphrased, _generate_into(pool, greedy_one, "paraphrase", paraphrase_prompt, first=True),
+        run_stage(judged, paraphrased, generate_into(pool, greedy_one, "paraphrase", paraphrase_prompt, first=True),
                   "paraphrase")
-        run_stage(paraphrased, para_judged, _judge_into(cfg, "paraphrase", "paraphrase_verdict"), "judge paraphrase")
+        run_stage(paraphrased, para_judged, judge_into(cfg.judge, "paraphrase", "paraphrase_verdict"), "judge paraphrase")
         return para_judged
-
-
-def _lazy_pool(stack: contextlib.ExitStack, model: Any, gen: Any) -> Callable[[], Any]:
-    """Engines start only when a stage has work left: a finished run re-run starts none."""
-    holder: list[Any] = []
-
-    def get() -> Any:
-        if not holder:
-            from s3ft.generation.ray_pool import GenerationPool
-
-            holder.append(stack.enter_context(GenerationPool(model, gen)))
-        return holder[0]
-
-    return get
-
-
-def _generate_into(
-    pool: Callable[[], Any], sampling: Sampling, field: str, prompt_of: Callable[[dict[str, Any]], str | None],
-    first: bool = False,
-) -> Mapper:
-    """Generate for the rows that have a prompt; store the completions (or the first) in `field`, else None."""
-
-    def mapper(items: Iterable[Shard]) -> Iterator[Shard]:
-        waiting: dict[int, tuple[list[dict[str, Any]], list[bool]]] = {}
-
-        def feed() -> Iterator[tuple[int, list[str]]]:
-            for index, rows in items:
-                prompts = [prompt_of(row) for row in rows]
-                waiting[index] = (rows, [p is not None for p in prompts])
-                yield index, [p for p in prompts if p is not None]
-
-        for index, completions in pool().generate_shards(feed(), sampling):
-            rows, wanted = waiting.pop(index)
-            outputs = iter(completions)
-            for row, want in zip(rows, wanted, strict=True):
-                row[field] = (next(outputs)[0] if first else next(outputs)) if want else None
-            yield index, rows
-
-    return mapper
-
-
-def _judge_into(cfg: Config, field: str, verdict_field: str) -> Mapper:
-    """Judge each response in `field` (a list, or one text, or None) into `verdict_field`."""
-
-    def mapper(items: Iterable[Shard]) -> Iterator[Shard]:
-        waiting: dict[int, list[dict[str, Any]]] = {}
-
-        def feed() -> Iterator[tuple[int, list[dict[str, Any]]]]:
-            for index, rows in items:
-                waiting[index] = rows
-                yield index, [{**row, "response": r} for row in rows for r in _responses(row[field])]
-
-        for index, verdicts in judge_shards(cfg.judge, feed()):
-            rows = waiting.pop(index)
-            it = iter(verdicts)
-            for row in rows:
-                found = [next(it) for _ in _responses(row[field])]
-                row[verdict_field] = found if isinstance(row[field], list) else (found[0] if found else None)
-            yield index, rows
-
-    return mapper
-
-
-def _responses(value: list[str] | str | None) -> list[str]:
-    return value if isinstance(value, list) else [] if value is None else [value]
 
 
 def _select(run_dir: Path, final: ShardStore, strategy: str, load_manifest: dict[str, Any]) -> dict[str, Any]:

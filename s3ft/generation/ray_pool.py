@@ -1,0 +1,250 @@
+"""A pool of generation engines on Ray: data-parallel actors, each owning one backend.
+
+Our own pool rather than Ray Data because the pipeline resumes shard by shard: the caller streams
+(key, prompts) shards in and gets (key, completions) back as each finishes, and a shard whose actor
+died is redone on a fresh actor — every key comes back exactly once.
+
+Each engine lives in its own placement group, so its resources are reserved as one unit and handed
+back as one unit: on GPU `tensor_parallel_size` bundles of one GPU on one node (vLLM's Ray executor
+places its TP workers in them); on CPU one bundle of `cpus_per_engine` CPUs (without a placement
+group, vLLM on Ray waits for a GPU that never comes).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import ray
+from ray.exceptions import RayActorError, RayTaskError
+from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from s3ft.config import GenerationConfig, ModelConfig
+from s3ft.errors import ConfigError, S3FTError
+from s3ft.generation.base import Sampling
+from s3ft.pipeline.cluster import ensure_ray
+
+K = TypeVar("K")
+
+MAX_SHARD_ATTEMPTS = 3  # a shard whose engine died this often is a crash, not bad luck
+PLACEMENT_TIMEOUT_S = 600.0  # long enough for an autoscaler to add a node
+
+
+@ray.remote
+class _EngineActor:
+    """One backend in one Ray worker; threaded so several shards can be in the engine at once."""
+
+    def __init__(self, backend: str, options: dict[str, Any], env: dict[str, str | None]) -> None:
+        for name, value in env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        from s3ft.generation import BACKENDS  # importing the package fills the registry
+
+        # Kept, not raised: an error in __init__ reaches the driver only as Ray's ActorDiedError text,
+        # while one raised by `ready` keeps its type (ModelError) for the CLI to print plainly.
+        self._backend: Any = None
+        self._error: Exception | None = None
+        try:
+            self._backend = BACKENDS[backend](**options)
+        except Exception as exc:  # noqa: BLE001
+            self._error = exc
+
+    def ready(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def generate(self, prompts: list[str], sampling: Sampling) -> list[list[str]]:
+        self.ready()
+        return self._backend.generate(prompts, sampling)
+
+    def close(self) -> None:
+        close = getattr(self._backend, "close", None)
+        if close is not None:
+            close()
+
+
+@dataclass(eq=False)
+class _Engine:
+    actor: Any  # ActorHandle
+    group: PlacementGroup
+
+
+@dataclass
+class _Shard:
+    key: Any
+    prompts: list[str]
+    attempts: int = 0
+
+
+class GenerationPool:
+    """`with GenerationPool(model, gen) as pool: for key, completions in pool.generate_shards(...)`."""
+
+    def __init__(
+        self,
+        model: ModelConfig,
+        gen: GenerationConfig,
+        *,
+        backend_options: Mapping[str, Any] | None = None,
+        shards_in_flight: int | None = None,
+    ) -> None:
+        """`backend_options` go to the backend on top of what the config sets (e.g. vLLM's
+        `enforce_eager=True`: no graph compilation, so a faster start for short jobs and tests).
+        `shards_in_flight` per engine bounds what is read ahead of the results; vLLM runs that many
+        shards as one continuous batch, so more keeps a big engine busier."""
+        if not ray.is_initialized():
+            ensure_ray()
+        self.model, self.gen = model, gen
+        self._extra_options = dict(backend_options or {})
+        self.shards_in_flight = shards_in_flight or gen.shards_in_flight
+        self.on_gpu = gen.device == "cuda" or (gen.device == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
+        self.restarts = 0
+        self._engines: list[_Engine] = []
+        try:
+            self._engines = [self._launch() for _ in range(gen.num_engines)]
+            self._wait_ready()
+        except BaseException:
+            self.shutdown()
+            raise
+
+    def __enter__(self) -> GenerationPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    @property
+    def actors(self) -> list[Any]:
+        """The live engine actors (for monitoring, and for tests that kill one)."""
+        return [e.actor for e in self._engines]
+
+    def _bundles(self) -> list[dict[str, float]]:
+        if self.on_gpu:
+            return [{"GPU": 1, "CPU": 1}] * self.gen.tensor_parallel_size
+        return [{"CPU": self.gen.cpus_per_engine}]
+
+    def _backend_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {
+            "model_path": self.model.path,
+            "dtype": self.model.dtype,
+            "trust_remote_code": self.model.trust_remote_code,
+        }
+        if self.gen.backend == "hf":
+            options |= {"batch_size": self.gen.batch_size, "device": "cuda" if self.on_gpu else "cpu"}
+        else:
+            options |= {
+                "tensor_parallel_size": self.gen.tensor_parallel_size,
+                "max_model_len": self.model.max_model_len,
+                "gpu_memory_utilization": self.gen.gpu_memory_utilization,
+                "seed": self.gen.seed,
+                "cpu_kvcache_gib": self.gen.cpu_kvcache_gib,
+                "enforce_eager": self.gen.enforce_eager,
+            }
+            if self.gen.tensor_parallel_size > 1:
+                options["distributed_executor_backend"] = "ray"  # TP workers go into this engine's bundles
+        return options | self._extra_options
+
+    def _env(self) -> dict[str, str | None]:
+        # vLLM's INFO lines from every engine drown the progress bars; VLLM_LOGGING_LEVEL=INFO brings them back.
+        quiet = {"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
+        if self.on_gpu:
+            # With TP > 1 the actor holds no GPU itself; Ray would hide every GPU from it and vLLM
+            # would then not see the platform it is to drive.
+            return quiet | ({"CUDA_VISIBLE_DEVICES": None} if self.gen.tensor_parallel_size > 1 else {})
+        # vLLM's automatic CPU binding pins every engine on a node to the same cores; let each use
+        # the threads its bundle pays for instead.
+        threads = str(self.gen.cpus_per_engine)
+        return quiet | {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": threads}
+
+    def _launch(self) -> _Engine:
+        group = placement_group(self._bundles(), strategy="STRICT_PACK")
+        holds_gpu = self.on_gpu and self.gen.tensor_parallel_size == 1
+        actor = _EngineActor.options(
+            num_cpus=self._bundles()[0]["CPU"],
+            num_gpus=1 if holds_gpu else 0,
+            max_concurrency=self.shards_in_flight,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(
+                placement_group=group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True
+            ),
+        ).remote(self.gen.backend, self._backend_options(), self._env())
+        return _Engine(actor, group)
+
+    def _wait_ready(self) -> None:
+        groups = [e.group.ready() for e in self._engines]
+        _, waiting = ray.wait(groups, num_returns=len(groups), timeout=PLACEMENT_TIMEOUT_S)
+        if waiting:
+            raise ConfigError(
+                f"generation asks for {len(self._engines)} engine(s) of {self._bundles()} but the Ray "
+                f"cluster could not place {len(waiting)} of them in {PLACEMENT_TIMEOUT_S:.0f} s; "
+                f"free now: {ray.available_resources()}. Lower generation.num_engines or "
+                "generation.cpus_per_engine / tensor_parallel_size."
+            )
+        try:
+            ray.get([e.actor.ready.remote() for e in self._engines])
+        except RayTaskError as exc:
+            raise (exc.cause if isinstance(exc.cause, S3FTError) else exc) from None
+
+    def _retire(self, engine: _Engine) -> None:
+        ray.kill(engine.actor, no_restart=True)
+        remove_placement_group(engine.group)
+
+    def _replace(self, dead: _Engine) -> None:
+        """Swap a dead engine for a fresh one; its start overlaps with the other engines' work."""
+        self._retire(dead)
+        self._engines[self._engines.index(dead)] = self._launch()
+        self.restarts += 1
+
+    def generate_shards(
+        self, items: Iterable[tuple[K, list[str]]], sampling: Sampling
+    ) -> Iterator[tuple[K, list[list[str]]]]:
+        """Yield `(key, completions)` per shard as it finishes (any order); `items` is read lazily,
+        at most `shards_in_flight` shards per engine ahead of the results."""
+        source = iter(items)
+        retry: deque[_Shard] = deque()
+        running: dict[ray.ObjectRef, tuple[_Shard, _Engine]] = {}
+
+        def next_shard() -> _Shard | None:
+            if retry:
+                return retry.popleft()
+            item = next(source, None)
+            return None if item is None else _Shard(item[0], list(item[1]))
+
+        def submit() -> None:
+            for engine in self._engines:
+                while sum(e is engine for _, e in running.values()) < self.shards_in_flight:
+                    shard = next_shard()
+                    if shard is None:
+                        return
+                    shard.attempts += 1
+                    running[engine.actor.generate.remote(shard.prompts, sampling)] = (shard, engine)
+
+        submit()
+        while running:
+            (ref,), _ = ray.wait(list(running), num_returns=1)
+            shard, engine = running.pop(ref)
+            try:
+                completions = ray.get(ref)
+            except RayActorError:
+                if shard.attempts >= MAX_SHARD_ATTEMPTS:
+                    raise
+                if engine in self._engines:  # its first lost shard: replace it once
+                    self._replace(engine)
+                retry.append(shard)
+            except RayTaskError as exc:
+                raise (exc.cause if isinstance(exc.cause, S3FTError) else exc) from None
+            else:
+                yield shard.key, completions
+            submit()
+
+    def shutdown(self) -> None:
+        """Stop the engines (their own subprocesses too) and hand their resources back to the cluster."""
+        engines, self._engines = self._engines, []
+        if engines:
+            ray.wait([e.actor.close.remote() for e in engines], num_returns=len(engines), timeout=30)
+        for engine in engines:
+            self._retire(engine)

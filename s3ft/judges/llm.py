@@ -1,0 +1,110 @@
+"""The `llm` judge: a judge model, served like the generator, reads question, gold and prediction.
+
+Its verdict is read from the final line of its reply; a reply that says neither yes nor no is
+judged incorrect with the reason `unparseable verdict`, so it is counted and never trusted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from s3ft.config import LLMJudgeConfig
+from s3ft.data.prompts import render
+from s3ft.generation.base import Sampling
+from s3ft.judges.base import Judge, Verdict, build_judge, register
+
+DEFAULT_TEMPLATE = """You are grading a predicted answer to a question against the gold answer. The prediction is correct if it gives the same answer as the gold, even in other words; it is incorrect if it gives another answer, no answer, or several conflicting ones.
+
+Question: {question}
+Gold answer: {gold}
+Predicted answer: {response}
+
+Think briefly if you need to, then end with one line that is exactly "correct" or "incorrect"."""
+
+YES = {"1", "yes", "correct", "true", "right"}
+NO = {"0", "no", "incorrect", "false", "wrong", "not correct"}
+_PREFIX = re.compile(r"^(?:final\s+)?(?:verdict|answer|judgement|judgment|grade)\s*[:=-]\s*", re.IGNORECASE)
+
+
+def parse_verdict(reply: str) -> bool | None:
+    """True/False from the reply's last non-empty line, None when that line is no verdict."""
+    lines = [line.strip() for line in reply.strip().splitlines() if line.strip()]
+    if not lines:
+        return None
+    last = _PREFIX.sub("", lines[-1].strip("*_`#> ")).strip().strip(".!*_`\"'").strip().lower()
+    if last in YES:
+        return True
+    if last in NO:
+        return False
+    return None
+
+
+@register("llm")
+class LLMJudge(Judge):
+    required_fields = ("response", "question", "gold")
+    runs_in_driver = True  # it owns engines; whole shards come to it
+
+    def __init__(self, settings: LLMJudgeConfig | Mapping[str, Any]):
+        self.settings = LLMJudgeConfig.model_validate(settings)
+        self.template = self.settings.template or DEFAULT_TEMPLATE
+        self.audit = build_judge(self.settings.audit_with) if self.settings.audit_with else None
+        self.audited = 0
+        self._stack = contextlib.ExitStack()
+        self._pool: Any = None
+        self._tokenizer: Any = None
+
+    def judge_batch(self, rows: Sequence[Mapping[str, Any]]) -> list[Verdict]:
+        verdicts: list[Verdict | None] = [self.missing_fields(row) for row in rows]
+        todo = [i for i, v in enumerate(verdicts) if v is None]
+        replies = self._ask([self._prompt(rows[i]) for i in todo]) if todo else []
+        for i, reply in zip(todo, replies, strict=True):
+            verdicts[i] = self._verdict(rows[i], reply)
+        return [v for v in verdicts if v is not None]
+
+    def _verdict(self, row: Mapping[str, Any], reply: str) -> Verdict:
+        decided = parse_verdict(reply)
+        last = reply.strip().splitlines()[-1][:80] if reply.strip() else ""
+        if decided is None:
+            verdict = Verdict(False, f"unparseable verdict: {last!r}")
+        else:
+            verdict = Verdict(decided, f"llm judge: {'correct' if decided else 'incorrect'}")
+        if self.audit is not None and self.audited < self.settings.audit_size:
+            self.audited += 1
+            return Verdict(verdict.correct, verdict.reason, audit=self.audit.judge_batch([row])[0].correct)
+        return verdict
+
+    def _prompt(self, row: Mapping[str, Any]) -> str:
+        from s3ft.models.resolve import render_prompt
+
+        answers = row.get("answers")
+        gold = " | ".join(answers) if isinstance(answers, list) and answers else row["gold"]
+        text = render(self.template, {"question": row["question"], "gold": gold, "response": row["response"]})
+        return render_prompt(self._engine()[1], [{"role": "user", "content": text}])
+
+    def _ask(self, prompts: list[str]) -> list[str]:
+        gen = self.settings.generation
+        sampling = Sampling(max_tokens=gen.max_tokens, temperature=gen.temperature, top_p=gen.top_p,
+                            stop=tuple(gen.stop), seed=gen.seed)
+        ((_, completions),) = list(self._engine()[0].generate_shards([(0, prompts)], sampling))
+        return [c[0] for c in completions]
+
+    def _engine(self) -> tuple[Any, Any]:
+        """The judge model's engine pool and tokenizer, started on first use."""
+        if self._pool is None:
+            from s3ft.generation.ray_pool import GenerationPool
+            from s3ft.models.resolve import load_tokenizer, resolve_model
+            from s3ft.pipeline.cluster import ensure_ray
+
+            ensure_ray()
+            path = resolve_model(self.settings.model)
+            self._tokenizer = load_tokenizer(path, self.settings.model.trust_remote_code)
+            model = self.settings.model.model_copy(update={"path": path})
+            self._pool = self._stack.enter_context(GenerationPool(model, self.settings.generation))
+        return self._pool, self._tokenizer
+
+    def close(self) -> None:
+        self._stack.close()
+        self._pool = None

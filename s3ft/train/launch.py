@@ -1,0 +1,111 @@
+"""Launchers: the same `run_worker` on every rank, started by Ray Train, torchrun, or this process.
+
+- ray: a Ray Train `TorchTrainer` (gloo on CPU, nccl on GPU) inside the current Ray cluster — the
+  default, because `s3ft run` is one Ray job.
+- torchrun: a `torchrun --standalone` subprocess on this node; for several nodes (SLURM without Ray)
+  start `torchrun ... -m s3ft.train` or `deepspeed --module s3ft.train` yourself — each rank then
+  sees RANK/WORLD_SIZE/MASTER_ADDR and `train()` runs the worker directly.
+- local: one rank in this process (debuggers, notebooks).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from s3ft.train.config import TrainConfig
+from s3ft.train.loop import WorkerSpec, run_worker
+
+RANK_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR")
+
+
+def in_launched_rank() -> bool:
+    """True in a process that torchrun / the deepspeed launcher started as one rank of a job."""
+    return all(k in os.environ for k in RANK_ENV)
+
+
+def launch_local(spec: WorkerSpec, cfg: TrainConfig) -> None:
+    env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        run_worker(spec)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def launch_torchrun(spec: WorkerSpec, cfg: TrainConfig) -> None:
+    spec_file = Path(spec.run_dir) / "train" / "worker_spec.json"
+    spec_file.write_text(json.dumps(spec.to_dict(), indent=2))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={cfg.num_workers}",
+           "-m", "s3ft.train", "--worker-spec", str(spec_file)]
+    env = {k: v for k, v in os.environ.items() if k not in RANK_ENV}
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // cfg.num_workers)))
+    code = subprocess.run(cmd, env=env).returncode
+    if code != 0:
+        raise RuntimeError(f"torchrun training ranks failed (exit code {code}); their output is above")
+
+
+def launch_ray(spec: WorkerSpec, cfg: TrainConfig) -> None:
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    trainer = TorchTrainer(
+        _ray_worker,
+        train_loop_config={"spec": spec.to_dict()},
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=spec.use_gpu),
+        torch_config=TorchConfig(backend="nccl" if spec.use_gpu else "gloo"),
+        run_config=RunConfig(name="train", storage_path=str(Path(spec.run_dir) / "ray")),
+    )
+    trainer.fit()
+
+
+@contextmanager
+def launcher_session(cfg: TrainConfig) -> Iterator[None]:
+    """For Ray: join the running cluster (RAY_ADDRESS) or start a local one, and stop it only if we started it."""
+    if cfg.launcher != "ray" or in_launched_rank():
+        yield
+        return
+    import ray
+
+    from s3ft.pipeline.cluster import ensure_ray
+
+    started = not ray.is_initialized()
+    ensure_ray()
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _ray_worker(config: dict) -> None:
+    run_worker(WorkerSpec(**config["spec"]))
+
+
+LAUNCHERS: dict[str, Callable[[WorkerSpec, TrainConfig], None]] = {
+    "ray": launch_ray,
+    "torchrun": launch_torchrun,
+    "local": launch_local,
+}
+
+
+def launch(spec: WorkerSpec, cfg: TrainConfig) -> None:
+    LAUNCHERS[cfg.launcher](spec, cfg)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,97 @@
+"""What the run reports, on rank 0: a tqdm bar, TensorBoard scalars, and JSONL files under run_dir/logs.
+
+`metrics.jsonl` holds one line per logged step (loss, lr, grad norm, tokens/s, MFU) and eval line;
+`rows.jsonl` one line per step with the ids of the rows it trained (provenance, and the proof that
+a resumed run trains each row once). On resume, lines after the checkpoint step are dropped.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+# Dense bf16 peak TFLOP/s per device, for the MFU estimate.
+PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "H800": 989.0, "A100": 312.0, "A800": 312.0, "L40S": 362.0,
+               "L40": 181.0, "A10": 125.0, "A6000": 155.0, "L4": 121.0, "V100": 125.0}
+
+
+def peak_tflops(configured: float | None, on_gpu: bool) -> float | None:
+    if configured is not None:
+        return configured
+    if not on_gpu:
+        return None
+    import torch
+
+    name = torch.cuda.get_device_name()
+    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+
+
+def train_flops(n_params: int, tokens: int, sum_sq_len: int, n_layers: int, attn_dim: int) -> float:
+    """Forward + backward FLOPs: 6 per parameter per token plus causal attention (6 * layers * dim * len^2)."""
+    return 6.0 * n_params * tokens + 6.0 * n_layers * attn_dim * sum_sq_len
+
+
+def truncate_jsonl(path: Path, last_step: int) -> None:
+    """Keep the lines of steps <= last_step (the checkpoint a resumed run continues from)."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= last_step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+class Reporter:
+    def __init__(self, log_dir: Path, *, enabled: bool, sinks: list[str], total_steps: int, start_step: int):
+        self.enabled = enabled
+        self.bar = self.tb = self.metrics = self.rows = None
+        if not enabled:
+            return
+        from tqdm.auto import tqdm
+
+        log_dir.mkdir(parents=True, exist_ok=True)
+        for name in ("metrics.jsonl", "rows.jsonl"):
+            truncate_jsonl(log_dir / name, start_step)
+        if "tensorboard" in sinks:
+            self.tb = _summary_writer(log_dir / "tensorboard", purge_step=start_step + 1)
+        if "jsonl" in sinks:
+            self.metrics = (log_dir / "metrics.jsonl").open("a")
+        self.rows = (log_dir / "rows.jsonl").open("a")
+        self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+
+    def step(self, step: int, values: dict[str, Any] | None, row_ids: list[str]) -> None:
+        """Every step: its row ids; `values` on logging steps only."""
+        if not self.enabled:
+            return
+        self.rows.write(json.dumps({"step": step, "ids": row_ids}) + "\n")
+        self.rows.flush()
+        self.bar.update(1)
+        if values is not None:
+            self._write(step, values, "train")
+            self.bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}", refresh=False)
+
+    def eval(self, step: int, values: dict[str, Any]) -> None:
+        if self.enabled:
+            self._write(step, values, "eval")
+            self.bar.write(f"step {step}: " + ", ".join(f"eval_{k}={v:.4f}" for k, v in values.items()))
+
+    def _write(self, step: int, values: dict[str, Any], split: str) -> None:
+        if self.tb is not None:
+            for k, v in values.items():
+                if v is not None:
+                    self.tb.add_scalar(f"{split}/{k}", v, step)
+        if self.metrics is not None:
+            self.metrics.write(json.dumps({"step": step, "split": split, **values}) + "\n")
+            self.metrics.flush()
+
+    def close(self) -> None:
+        for thing in (self.bar, self.tb, self.metrics, self.rows):
+            if thing is not None:
+                thing.close()
+
+
+def _summary_writer(path: Path, purge_step: int):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # torch's writer needs the tensorboard package; tensorboardX comes with ray[train]
+        from tensorboardX import SummaryWriter
+    return SummaryWriter(str(path), purge_step=purge_step)

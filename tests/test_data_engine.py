@@ -1,0 +1,115 @@
+"""`s3ft data` end to end: real Ray, real vLLM (CPU build), a tiny model taught what to answer
+(tests/engine_workspace.py), so every strategy has a known outcome."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from s3ft.config import load_config
+from s3ft.pipeline.data_engine import run_data
+from s3ft.pipeline.shards import read_jsonl
+from tests.engine_workspace import EXPECTED_S3FT, ROWS, config_file
+
+pytestmark = pytest.mark.slow
+
+
+def merged(out: Path) -> list[dict]:
+    return read_jsonl(out / "data" / "merged.jsonl")
+
+
+def check_invariants(rows: list[dict], stats: dict) -> None:
+    assert stats["total"] == len(rows) == sum(stats[s] for s in ("self", "paraphrase", "gold"))
+    assert len({r["id"] for r in rows}) == len(rows)
+    for row in rows:
+        if row["source"] == "self":
+            assert row["target"] == row["response"] and row["response_correct"] is True
+        elif row["source"] == "paraphrase":
+            assert row["target"] == row["paraphrase"] and row["paraphrase_correct"] is True
+            assert row["response_correct"] is False
+        else:
+            assert row["target"] == row["gold"]
+
+
+@pytest.fixture(scope="module")
+def clean_run(engine_workspace: Path, ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """An uninterrupted S3FT run with one row per shard (the kill test compares against it)."""
+    out = tmp_path_factory.mktemp("clean") / "s3ft"
+    return out, run_data(load_config(config_file(engine_workspace, out, generation__shard_size=1)))
+
+
+def test_s3ft_picks_self_then_paraphrase_then_gold(clean_run: tuple[Path, dict]) -> None:
+    out, stats = clean_run
+    rows = merged(out)
+    check_invariants(rows, stats)
+    assert [r["source"] for r in rows] == EXPECTED_S3FT
+    assert rows[0]["target"] == ROWS[0][2] and rows[2]["target"] == ROWS[2][3]
+    assert rows[0]["messages"] == [{"role": "user", "content": "Q 12+7"}]
+    assert "mismatch" in rows[4]["judge_reason"] and "paraphrase" in rows[4]["judge_reason"]
+    assert json.loads((out / "data" / "stats.json").read_text()) == stats
+    assert stats["share"] == {"self": 0.3333, "paraphrase": 0.3333, "gold": 0.3333}
+
+
+@pytest.mark.parametrize("backend", ["hf"])
+def test_ssr_sft_and_rft_strategies(engine_workspace: Path, ray_session: None, tmp_path: Path, backend: str) -> None:
+    ssr = run_data(load_config(config_file(engine_workspace, tmp_path / "ssr", generation__backend=backend,
+                                           selection__strategy="ssr")))
+    assert [r["source"] for r in merged(tmp_path / "ssr")] == ["self", "self", "gold", "gold", "gold", "gold"]
+    check_invariants(merged(tmp_path / "ssr"), ssr)
+
+    sft = run_data(load_config(config_file(engine_workspace, tmp_path / "sft", selection__strategy="sft")))
+    assert sft["gold"] == 6
+    assert not list((tmp_path / "sft" / "stages").glob("generate-*"))  # sft never starts an engine
+    check_invariants(merged(tmp_path / "sft"), sft)
+
+    rft = run_data(load_config(config_file(engine_workspace, tmp_path / "rft", generation__backend=backend,
+                                           selection__strategy="rft", selection__num_samples=3)))
+    rows = merged(tmp_path / "rft")
+    check_invariants(rows, rft)
+    for row in rows:
+        base, _, k = row["id"].partition("#")
+        assert (row["source"] == "self") == bool(k)
+        assert base in {f"q{i}" for i in range(1, 7)}
+    assert {r["id"].split("#")[0] for r in rows} == {f"q{i}" for i in range(1, 7)}  # every example kept
+
+
+def test_rerun_skips_finished_work(engine_workspace: Path, ray_session: None, tmp_path: Path) -> None:
+    out = tmp_path / "again"
+    config = load_config(config_file(engine_workspace, out, generation__backend="hf"))
+    first = run_data(config)
+    shards = {p: p.stat().st_mtime_ns for p in (out / "stages").rglob("shard-*.jsonl")}
+    assert run_data(config) == first
+    assert {p: p.stat().st_mtime_ns for p in (out / "stages").rglob("shard-*.jsonl")} == shards
+
+
+def test_killed_mid_generation_resumes_without_redoing_shards(
+    engine_workspace: Path, clean_run: tuple[Path, dict], tmp_path: Path
+) -> None:
+    """SIGKILL the CLI once the first generation shard is on disk; the re-run keeps it and matches a clean run."""
+    import ray
+
+    out = tmp_path / "killed"
+    config = config_file(engine_workspace, out, generation__shard_size=1)
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    cmd = [sys.executable, "-m", "s3ft.cli", "data", str(config)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while not list(out.glob("stages/generate-*/shard-*.jsonl")):
+        assert proc.poll() is None and time.time() < deadline, "s3ft data ended before writing a shard"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    kept = {p: p.stat().st_mtime_ns for p in out.glob("stages/generate-*/shard-*.jsonl")}
+    assert 1 <= len(kept) < len(ROWS), "the kill came too late to test a resume"
+
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=600)
+    for path, mtime in kept.items():
+        assert path.stat().st_mtime_ns == mtime, f"{path.name} was generated again"
+    assert merged(out) == merged(clean_run[0])

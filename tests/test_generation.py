@@ -1,0 +1,229 @@
+"""The generation stage: the hf and vllm backends, alone and inside the Ray engine pool.
+
+Backends are compared on a memorised model: its greedy choices win by several logits, so fp32
+(transformers) and bf16 (vLLM on CPU) must agree exactly, and a disagreement is a real bug.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from s3ft.config import GenerationConfig, ModelConfig
+from s3ft.errors import ModelError
+from s3ft.generation import BACKENDS, GenerationPool, Sampling
+from s3ft.generation.hf_backend import cut_at_stop
+
+Pairs = list[tuple[str, str]]
+GREEDY = Sampling(max_tokens=40)
+EAGER = {"enforce_eager": True}  # vLLM skips graph compilation: a much faster engine start on CPU
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def shards(pairs: Pairs, size: int) -> Iterator[tuple[int, list[str]]]:
+    prompts = [p for p, _ in pairs]
+    for start in range(0, len(prompts), size):
+        yield start, prompts[start : start + size]
+
+
+def run_pool(pool: GenerationPool, pairs: Pairs, sampling: Sampling, size: int = 5) -> list[list[str]]:
+    """Completions in prompt order, checking that every shard comes back exactly once."""
+    results: dict[int, list[list[str]]] = {}
+    for key, completions in pool.generate_shards(shards(pairs, size), sampling):
+        assert key not in results
+        results[key] = completions
+    assert sorted(results) == list(range(0, len(pairs), size))
+    return [c for key in sorted(results) for c in results[key]]
+
+
+def cpus_free() -> float:
+    import ray
+
+    return ray.available_resources().get("CPU", 0.0)
+
+
+def alive(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+# --- without Ray ---------------------------------------------------------------------------------
+
+
+def test_cut_at_stop_follows_vllm() -> None:
+    assert cut_at_stop("12+7=19. The answer", ["."]) == "12+7=19"
+    assert cut_at_stop("abcd", ["bcd", "c"]) == "ab"  # the stop that ends first wins
+    assert cut_at_stop("abcd", ["bc", "b"]) == "a"
+    assert cut_at_stop("abcd", ["x"]) == "abcd"
+
+
+def test_importing_generation_leaves_vllm_and_torch_unloaded() -> None:
+    code = (
+        "import sys, s3ft.generation as g; assert set(g.BACKENDS) >= {'vllm', 'hf'}; "
+        "print('vllm' in sys.modules, 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_memorized_model_answers_with_wide_margins(memorized_model_dir: Path, memorized_pairs: Pairs) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(memorized_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(memorized_model_dir)
+    for prompt, answer in memorized_pairs:
+        start = len(tokenizer(prompt, add_special_tokens=False).input_ids)
+        ids = tokenizer(prompt + answer + "</s>", add_special_tokens=False, return_tensors="pt").input_ids
+        with torch.no_grad():
+            top2 = model(ids).logits[0, start - 1 : -1].topk(2).values
+        assert (top2[:, 0] - top2[:, 1]).min() > 2.0, prompt
+
+
+def test_hf_backend_keeps_prompt_order_across_length_sorted_batches(
+    memorized_model_dir: Path, memorized_pairs: Pairs
+) -> None:
+    backend = BACKENDS["hf"](memorized_model_dir, batch_size=5)
+    out = backend.generate([p for p, _ in memorized_pairs], GREEDY)
+    assert out == [[a] for _, a in memorized_pairs]
+    assert backend.generate([], GREEDY) == []
+
+
+def test_hf_backend_stops_and_samples(tiny_model_dir: Path, memorized_model_dir: Path, memorized_pairs: Pairs) -> None:
+    prompt, answer = memorized_pairs[0]
+    trained = BACKENDS["hf"](memorized_model_dir)
+    assert trained.generate([prompt], Sampling(max_tokens=40, stop=(". ", "="))) == [[answer.split("=")[0]]]
+    random = BACKENDS["hf"](tiny_model_dir)
+    (samples,) = random.generate([prompt], Sampling(max_tokens=16, temperature=1.0, n=4, seed=1))
+    assert len(samples) == 4 and len(set(samples)) == 4
+    assert random.generate([prompt], Sampling(max_tokens=16, temperature=1.0, n=4, seed=1)) == [samples]
+
+
+def test_missing_model_is_a_model_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="cannot load"):
+        BACKENDS["hf"](tmp_path / "nowhere")
+
+
+# --- real Ray actors, real vLLM ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def vllm_pool(ray_session: None, memorized_model_dir: Path) -> Iterator[GenerationPool]:
+    model = ModelConfig(path=str(memorized_model_dir), max_model_len=256)
+    with GenerationPool(model, GenerationConfig(backend="vllm", cpu_kvcache_gib=0.25), backend_options=EAGER) as pool:
+        yield pool
+
+
+@pytest.fixture(scope="module")
+def hf_pool(ray_session: None, memorized_model_dir: Path) -> Iterator[GenerationPool]:
+    with GenerationPool(ModelConfig(path=str(memorized_model_dir)), GenerationConfig(backend="hf")) as pool:
+        yield pool
+
+
+@pytest.mark.slow
+def test_vllm_and_hf_pools_give_the_same_greedy_text(
+    vllm_pool: GenerationPool, hf_pool: GenerationPool, memorized_pairs: Pairs
+) -> None:
+    expected = [[a] for _, a in memorized_pairs]
+    assert run_pool(vllm_pool, memorized_pairs, GREEDY) == expected
+    assert run_pool(hf_pool, memorized_pairs, GREEDY) == expected
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pool_name", ["vllm_pool", "hf_pool"])
+def test_pool_samples_n_and_cuts_at_stop_strings(
+    pool_name: str, request: pytest.FixtureRequest, memorized_pairs: Pairs
+) -> None:
+    pool: GenerationPool = request.getfixturevalue(pool_name)
+    cut = run_pool(pool, memorized_pairs, Sampling(max_tokens=40, stop=(". ", "=")))
+    assert cut == [[a.split("=")[0]] for _, a in memorized_pairs]
+    sampled = run_pool(pool, memorized_pairs, Sampling(max_tokens=40, temperature=2.0, n=3, seed=7))
+    assert all(len(c) == 3 and all(isinstance(s, str) for s in c) for c in sampled)
+    assert any(len(set(c)) > 1 for c in sampled)  # hot enough to leave the memorised path
+
+
+@pytest.mark.slow
+def test_pool_reads_shards_lazily(hf_pool: GenerationPool, memorized_pairs: Pairs) -> None:
+    pulled = 0
+
+    def items() -> Iterator[tuple[int, list[str]]]:
+        nonlocal pulled
+        for item in shards(memorized_pairs * 4, 2):
+            pulled += 1
+            yield item
+
+    ahead = []
+    for done, _ in enumerate(hf_pool.generate_shards(items(), GREEDY), start=1):
+        ahead.append(pulled - done)
+    assert done == 24 and max(ahead) < hf_pool.shards_in_flight * len(hf_pool.actors)
+
+
+@pytest.mark.slow
+def test_pool_serves_a_new_stream_after_one_was_abandoned(hf_pool: GenerationPool, memorized_pairs: Pairs) -> None:
+    stream = hf_pool.generate_shards(shards(memorized_pairs * 4, 2), GREEDY)
+    next(stream)
+    stream.close()  # shards still running in the engines must not count against the next stream
+    assert run_pool(hf_pool, memorized_pairs, GREEDY) == [[a] for _, a in memorized_pairs]
+
+
+@pytest.mark.slow
+def test_shutdown_hands_back_cpus_and_stops_engine_processes(ray_session: None, memorized_model_dir: Path) -> None:
+    import ray
+
+    before = cpus_free()
+    model = ModelConfig(path=str(memorized_model_dir), max_model_len=256)
+    gen = GenerationConfig(backend="vllm", cpus_per_engine=2, cpu_kvcache_gib=0.25)
+    pool = GenerationPool(model, gen, backend_options=EAGER)
+    assert wait_for(lambda: cpus_free() == before - 2)
+    pid = ray.get(pool.actors[0].__ray_call__.remote(lambda _: os.getpid()))
+    engine_processes = psutil.Process(pid).children(recursive=True)
+    assert engine_processes  # vLLM's engine core runs in its own process
+    pool.shutdown()
+    assert wait_for(lambda: cpus_free() == before), (before, cpus_free())
+    assert wait_for(lambda: not any(alive(p) for p in engine_processes))
+
+
+@pytest.mark.slow
+def test_failed_start_is_a_model_error_and_frees_the_cluster(ray_session: None, tmp_path: Path) -> None:
+    before = cpus_free()
+    with pytest.raises(ModelError, match="cannot load"):
+        GenerationPool(ModelConfig(path=str(tmp_path / "nowhere")), GenerationConfig(backend="hf"))
+    assert wait_for(lambda: cpus_free() == before)
+
+
+@pytest.mark.slow
+def test_killed_engine_has_its_shards_redone_exactly_once(
+    ray_session: None, memorized_model_dir: Path, memorized_pairs: Pairs
+) -> None:
+    import ray
+
+    prompts = [p for p, _ in memorized_pairs]
+    expected = [[a] for _, a in memorized_pairs]
+    items = ((key, prompts) for key in range(8))  # each shard a second or so of work
+    gen = GenerationConfig(backend="hf", num_engines=2)
+    with GenerationPool(ModelConfig(path=str(memorized_model_dir)), gen) as pool:
+        seen = []
+        for key, completions in pool.generate_shards(items, GREEDY):
+            if not seen:
+                ray.kill(pool.actors[0])  # it holds at least one unfinished shard now
+            seen.append(key)
+            assert completions == expected
+        assert pool.restarts == 1
+    assert sorted(seen) == list(range(8))

@@ -1,0 +1,170 @@
+"""The code judge on every real HumanEval problem and on hand-written MBPP rows, run for real.
+
+Every canonical solution must pass and every planted bug must fail; MBPP responses pass or fail in
+each of the three forms a model writes them (a fenced block, the `[BEGIN] ... [DONE]` of the MBPP
+prompt, bare code). Hostile programs live in test_sandbox.py.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+import pytest
+
+from s3ft.judges import build_judge
+from s3ft.judges.code import CodeJudge, build_program, extract_code
+from tests.paths import shared_file
+
+# Three MBPP-style problems: (right code, buggy code, test_list, test_setup_code).
+MBPP = [
+    (
+        "def similar_elements(a, b):\n    return tuple(sorted(set(a) & set(b)))\n",
+        "def similar_elements(a, b):\n    return tuple(sorted(set(a) | set(b)))\n",
+        ["assert similar_elements((3, 4, 5, 6), (5, 7, 4, 10)) == (4, 5)",
+         "assert similar_elements((1, 2, 3, 4), (5, 4, 3, 7)) == (3, 4)"],
+        None,
+    ),
+    (
+        "def remove_occ(s, ch):\n    first = s.find(ch)\n    if first < 0:\n        return s\n"
+        "    s = s[:first] + s[first + 1:]\n    last = s.rfind(ch)\n"
+        "    return s[:last] + s[last + 1:] if last >= 0 else s\n",
+        "def remove_occ(s, ch):\n    return s.replace(ch, '')\n",
+        ['assert remove_occ("hello", "l") == "heo"', 'assert remove_occ("abcda", "a") == "bcd"',
+         'assert remove_occ("PHP", "P") == "H"', 'assert remove_occ("lollol", "l") == "ollo"'],
+        None,
+    ),
+    (
+        "def half(x):\n    return Fraction(x, 2)\n",
+        "def half(x):\n    return x // 2\n",
+        ["assert half(3) == Fraction(3, 2)", "assert half(4) == 2"],
+        "from fractions import Fraction",
+    ),
+]  # fmt: skip
+
+
+def fenced(code: str) -> str:
+    return f"Here is my solution.\n\n```python\n{code}```\n\nIt keeps the common elements.\n```\nprint('usage')\n```"
+
+
+def begin_done(code: str) -> str:
+    return f"[BEGIN]\n {code!r} \n[DONE]"  # as in the MBPP paper's few-shot prompt: a quoted string
+
+
+def mbpp_row(code: str, tests: list[str], setup: str | None) -> dict[str, Any]:
+    return {"response": code, "test_list": tests, "test_setup_code": setup}
+
+
+@pytest.fixture(scope="module")
+def humaneval() -> list[dict[str, Any]]:
+    with shared_file("humaneval", "HumanEval.jsonl").open() as f:
+        return [json.loads(line) for line in f]
+
+
+def test_extract_code_forms() -> None:
+    assert extract_code("```python\nshort = 1\n```\ntext\n```py\nlonger = 22222\n```") == "longer = 22222\n"
+    assert extract_code("```\nuntagged = 1\n```") == "untagged = 1\n"
+    assert extract_code("```python\nx = 1\n```\n```\nlonger_but_untagged = 1\n```") == "x = 1\n"
+    assert extract_code("```python\ncut = 1\n") == "cut = 1\n"  # a response stopped at max tokens
+    assert extract_code("[BEGIN]\n 'def f():\\r\\n  return 1' \n[DONE]") == "def f():\r\n  return 1"
+    assert extract_code("\n 'def f(s):\n  return s.split('a')' \n[DONE]") == "def f(s):\n  return s.split('a')"
+    assert extract_code("[BEGIN]\ndef f():\n    return 1\n[DONE]") == "def f():\n    return 1"
+    assert extract_code("    return x + 1\n") == "    return x + 1\n"  # a HumanEval completion keeps its indent
+
+
+@pytest.mark.parametrize("form", [fenced, begin_done, lambda code: code], ids=["fenced", "begin-done", "bare"])
+def test_mbpp_rows_pass_and_fail_as_they_should(form: Any) -> None:
+    rows = [mbpp_row(form(code), tests, setup) for code, _, tests, setup in MBPP]
+    rows += [mbpp_row(form(bug), tests, setup) for _, bug, tests, setup in MBPP]
+    verdicts = build_judge("code", timeout_s=20).judge_batch(rows)
+    assert [v.correct for v in verdicts] == [True] * len(MBPP) + [False] * len(MBPP), verdicts
+    assert all(v.reason == "passed" for v in verdicts[: len(MBPP)])
+    assert all(v.reason.startswith("failed: AssertionError (line ") for v in verdicts[len(MBPP) :])
+
+
+def test_reasons_say_what_happened() -> None:
+    tests = ["assert f() == 1"]
+    cases = {
+        "def f():\n    return 1": "passed",
+        "def f(:\n    return 1": "syntax error: ",
+        "def f():\n    return 2": "failed: AssertionError (line 4: assert f() == 1)",
+        "def f():\n    return g()": "failed: NameError: name 'g' is not defined (line 3: return g())",
+        "def f():\n    while True:\n        pass": "timeout",
+        "def f():\n    return len(bytearray(64 << 30))": "memory limit",
+        "import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)": "killed by signal 11",
+        "def f():\n    return 1\nif __name__ == '__main__':\n    input()": "passed",  # a demo block is not run
+    }
+    verdicts = CodeJudge(timeout_s=2, memory_mb=512).judge_batch([mbpp_row(code, tests, None) for code in cases])
+    for (code, reason), verdict in zip(cases.items(), verdicts):
+        assert verdict.reason.startswith(reason), (code, verdict)
+        assert verdict.correct == (reason == "passed")
+
+
+def test_rows_that_cannot_be_judged_are_error_rows_not_a_crash() -> None:
+    rows = [
+        {"test_list": ["assert True"]},
+        {"response": "x = 1", "test": "def check(c): pass"},
+        {"response": "x = 1", "test_list": "assert True"},
+        {"response": "x = 1", "test_list": ["assert x == 1"]},
+    ]
+    reasons = [v.reason for v in CodeJudge().judge_batch(rows)]
+    assert reasons == [
+        "error: missing field(s) response",
+        "error: missing field(s) entry_point (or test_list)",
+        "error: test_list is not a list of strings",
+        "passed",
+    ]
+
+
+def test_a_response_with_the_whole_function_keeps_the_prompts_imports(humaneval: list[dict[str, Any]]) -> None:
+    problem = humaneval[0]  # `from typing import List` lives in its prompt only
+    code = "def has_close_elements(numbers: List[float], threshold: float) -> bool:\n" + problem["canonical_solution"]
+    program = build_program(problem, code).source
+    assert "from typing import List" in program and "check(has_close_elements)" in program
+    assert CodeJudge().judge_row({**problem, "response": fenced(code)}).reason == "passed"
+
+
+@pytest.mark.slow
+def test_every_humaneval_canonical_solution_passes_and_every_planted_bug_fails(humaneval: list[dict[str, Any]]) -> None:
+    judge = CodeJudge(timeout_s=20)
+    completions = [{**p, "response": p["canonical_solution"]} for p in humaneval]
+    whole = [{**p, "response": fenced(p["prompt"] + p["canonical_solution"])} for p in humaneval[::4]]
+    planted = [{**p, "response": "    return None\n"} for p in humaneval]
+    verdicts = judge.judge_batch(completions + whole + planted)
+    good, bad = verdicts[: len(completions) + len(whole)], verdicts[len(completions) + len(whole) :]
+    rows = completions + whole
+    assert [(r["task_id"], v.reason) for r, v in zip(rows, good) if not v.correct] == []
+    assert [r["task_id"] for r, v in zip(planted, bad) if v.correct] == []
+    assert len(humaneval) == 164
+
+
+@pytest.mark.slow
+def test_64_programs_run_side_by_side_and_queueing_never_counts_as_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """64 one-second sleepers, 16 at a time, each with a 3 s timeout: one after another they need 64 s,
+    side by side about 4 rounds of 1 s (sleep uses no CPU, so 16 fit on 2 cores). The whole batch far
+    outlasts one program's timeout, yet no program times out: the clock starts when the program does.
+    This measures the local pool, so the session's Ray cluster (if an earlier test started it) is hidden."""
+    monkeypatch.setitem(sys.modules, "ray", None)
+    rows = [mbpp_row("import time\ntime.sleep(1.0)", ["assert True"], None) for _ in range(64)]
+    start = time.monotonic()
+    verdicts = CodeJudge(timeout_s=3, num_workers=16).judge_batch(rows)
+    elapsed = time.monotonic() - start
+    assert [v.reason for v in verdicts] == ["passed"] * 64
+    assert 4 * 1.0 <= elapsed < 64 * 1.0 / 4, elapsed  # at least 4 programs at once, on average
+
+
+@pytest.mark.slow
+def test_on_a_ray_cluster_rows_go_out_as_ray_tasks(
+    humaneval: list[dict[str, Any]], ray_session: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = [{**p, "response": p["canonical_solution"]} for p in humaneval[:6]]
+    rows += [{**p, "response": "    return None\n"} for p in humaneval[:6]]
+
+    def no_local_pool(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("judged in the driver's local pool, not on Ray")
+
+    monkeypatch.setattr("s3ft.judges.code.ThreadPoolExecutor", no_local_pool)  # the driver's copy only
+    verdicts = CodeJudge(timeout_s=20, num_workers=2).judge_batch(rows)
+    assert [v.correct for v in verdicts] == [True] * 6 + [False] * 6, verdicts

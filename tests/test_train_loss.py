@@ -1,0 +1,113 @@
+"""The loss itself, on a plain tiny Llama (no DeepSpeed): packing changes nothing, prompts carry no loss."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from s3ft.train.batching import IGNORE, collate, packed, padded
+from s3ft.train.model import lr_lambda, nll_sum
+from s3ft.train.tokenize import tokenize_rows
+
+ROWS = [
+    {"id": "a", "messages": [{"role": "user", "content": "12+30="}], "target": "42"},
+    {"id": "b", "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there"}],
+     "target": "hi, friend"},
+    {"id": "c", "messages": [{"role": "user", "content": "reverse: stone"}], "target": "enots"},
+    {"id": "d", "prompt": "x", "target": "a much longer answer than the others"},
+]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from s3ft.models.tiny import build_tiny_model
+
+    root = tmp_path_factory.mktemp("loss")
+    path = build_tiny_model(root / "model")
+    merged = root / "merged.jsonl"
+    merged.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    data, _ = tokenize_rows(tokenizer, merged, max_seq_len=128, truncation="error")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa").eval()
+    return model, tokenizer, data
+
+
+def mean_loss(model, data, micro_batches, pad_id):
+    total = count = 0.0
+    for mb in micro_batches:
+        batch = collate(data, mb, pad_id=pad_id)
+        total += nll_sum(model, batch).item()
+        count += int((batch["labels"] != IGNORE).sum())
+    return total / count
+
+
+def test_packed_and_unpacked_give_the_same_loss(setup):
+    model, tokenizer, data = setup
+    pad = tokenizer.pad_token_id
+    with torch.no_grad():
+        one_sequence = mean_loss(model, data, [packed([0, 1, 2, 3])], pad)
+        padded_rows = mean_loss(model, data, [padded([0, 1, 2, 3])], pad)
+        one_by_one = mean_loss(model, data, [padded([0]), padded([1]), padded([2]), padded([3])], pad)
+        mixed = mean_loss(model, data, [((3, 1), (2,)), packed([0])], pad)  # padded packed sequences
+    assert one_sequence == pytest.approx(padded_rows, abs=1e-4)
+    assert one_sequence == pytest.approx(one_by_one, abs=1e-4)
+    assert one_sequence == pytest.approx(mixed, abs=1e-4)
+
+
+def test_packing_without_restarting_positions_would_differ(setup):
+    """The check above has teeth: attention leaking across rows changes the loss."""
+    model, tokenizer, data = setup
+    batch = collate(data, packed([0, 1, 2, 3]), pad_id=tokenizer.pad_token_id)
+    leaky = dict(batch, position_ids=torch.arange(batch["input_ids"].shape[1])[None])
+    with torch.no_grad():
+        assert abs(nll_sum(model, leaky).item() - nll_sum(model, batch).item()) > 1e-2
+
+
+def test_prompt_tokens_carry_no_loss(setup):
+    model, tokenizer, data = setup
+    batch = collate(data, packed([0, 1, 2, 3]), pad_id=tokenizer.pad_token_id)
+    out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
+    logits = out.logits.detach().requires_grad_(True)
+    labels = batch["labels"]
+    loss = F.cross_entropy(logits[0], labels[0], ignore_index=IGNORE, reduction="sum")
+    loss.backward()
+    touched = logits.grad[0].abs().sum(-1) > 0
+    # the positions that get gradient are exactly those predicting a target token or EOS
+    expected = torch.zeros_like(touched)
+    start = 0
+    for i in range(len(data)):
+        n, p = len(data.row(i)), int(data.prompt_lens[i])
+        expected[start + p - 1 : start + n - 1] = True
+        start += n
+    assert torch.equal(touched, expected)
+    # labelling every position (plain LM training) would put loss on the prompt: a different number
+    naive = batch["input_ids"].clone().roll(-1, dims=1)
+    naive[batch["position_ids"].roll(-1, dims=1) == 0] = IGNORE  # still never across rows
+    with torch.no_grad():
+        assert nll_sum(model, dict(batch, labels=naive)) > nll_sum(model, batch) + 1.0
+
+
+def test_target_loss_matches_a_hand_computation(setup):
+    """nll_sum over collated labels equals -log p(target + EOS | prompt) computed row by row."""
+    model, tokenizer, data = setup
+    with torch.no_grad():
+        expected = 0.0
+        for i in range(len(data)):
+            ids = torch.tensor(data.row(i), dtype=torch.long)[None]
+            p = int(data.prompt_lens[i])
+            logp = model(input_ids=ids, use_cache=False).logits.log_softmax(-1)[0]
+            expected += -sum(logp[t - 1, ids[0, t]].item() for t in range(p, ids.shape[1]))
+        got = nll_sum(model, collate(data, packed([0, 1, 2, 3]), pad_id=tokenizer.pad_token_id)).item()
+    assert got == pytest.approx(expected, rel=1e-5)
+
+
+def test_schedule_warms_up_then_decays_to_the_floor():
+    f = lr_lambda(100, 0.1, 0.1)
+    assert f(0) < f(5) < f(9) < f(10) == pytest.approx(1.0)
+    assert f(55) == pytest.approx(0.55, abs=0.01)
+    assert f(99) > f(100) == pytest.approx(0.1)

@@ -1,0 +1,168 @@
+"""DeepSpeed ZeRO-3 on CPU: two gloo ranks equal one rank, and a killed run resumes exactly.
+
+Three runs of the same 6 steps on the same rows share the module: one rank with grad_accum 2 (local
+launcher, in this process), two torchrun ranks with grad_accum 1, and two ranks killed after step 5
+(checkpoint at step 4) then resumed. Exports are float32 so parameters compare tightly.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from s3ft.errors import ConfigError
+from s3ft.train import TrainConfig, train
+from s3ft.train.loop import CRASH_ENV
+
+pytestmark = pytest.mark.slow
+
+BASE = dict(max_steps=6, lr=3e-3, warmup_ratio=0.2, micro_batch_tokens=160, max_seq_len=32, save_every=2,
+            keep_last=2, eval_fraction=0.1, export_dtype="float32", report_to=["jsonl"], seed=3)
+
+
+def addition_rows(n: int, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        a, b = rng.randint(10, 49), rng.randint(10, 49)
+        rows.append({"id": f"add-{i}", "messages": [{"role": "user", "content": f"{a}+{b}="}],
+                     "target": str(a + b), "source": "gold"})
+    return rows
+
+
+def new_run(root: Path, name: str, rows: list[dict]) -> Path:
+    run_dir = root / name
+    (run_dir / "data").mkdir(parents=True)
+    (run_dir / "data" / "merged.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return run_dir
+
+
+def weights(model_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    out = {}
+    for f in sorted(model_dir.glob("*.safetensors")):
+        out.update(load_file(f))
+    return out
+
+
+def jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    from s3ft.models.tiny import build_tiny_model
+
+    root = tmp_path_factory.mktemp("zero3")
+    model = build_tiny_model(root / "base")
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "attention_dropout": 0.1}))  # RNG matters
+    model = str(model)
+    rows = addition_rows(120)
+    out = {"model": model}
+
+    one = new_run(root, "one_rank", rows)
+    train(one, model, TrainConfig(**BASE, launcher="local", num_workers=1, grad_accum=2))
+    out["one_rank"] = one
+
+    two = new_run(root, "two_ranks", rows)
+    train(two, model, TrainConfig(**BASE, launcher="torchrun", num_workers=2, grad_accum=1))
+    out["two_ranks"] = two
+
+    killed = new_run(root, "killed", rows)
+    cfg = TrainConfig(**BASE, launcher="torchrun", num_workers=2, grad_accum=1)
+    mp = pytest.MonkeyPatch()
+    mp.setenv(CRASH_ENV, "5")
+    with pytest.raises(RuntimeError, match="ranks failed"):
+        train(killed, model, cfg)
+    mp.undo()
+    out["after_kill"] = {
+        "checkpoints": sorted(p.name for p in (killed / "checkpoints").glob("step_*")),
+        "rows_steps": [r["step"] for r in jsonl(killed / "logs" / "rows.jsonl")],
+        "model_exists": (killed / "model").exists(),
+    }
+    train(killed, model, cfg)
+    out["resumed"] = killed
+    return out
+
+
+def test_two_ranks_take_the_same_steps_as_one(runs):
+    a, b = weights(runs["one_rank"] / "model"), weights(runs["two_ranks"] / "model")
+    base = weights(Path(runs["model"]))
+    assert a.keys() == b.keys() == base.keys()
+    moved = max((a[k] - base[k]).abs().max().item() for k in a)
+    diff = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert moved > 1e-3  # training changed the weights ...
+    assert diff < 1e-5 * max(1.0, moved * 100)  # ... identically on one rank and on two
+    la = [m["loss"] for m in jsonl(runs["one_rank"] / "logs" / "metrics.jsonl") if m["split"] == "train"]
+    lb = [m["loss"] for m in jsonl(runs["two_ranks"] / "logs" / "metrics.jsonl") if m["split"] == "train"]
+    assert la == pytest.approx(lb, rel=1e-5) and len(la) == 6
+
+
+def test_killed_run_had_a_checkpoint_and_no_model(runs):
+    after = runs["after_kill"]
+    assert after["checkpoints"] == ["step_00000002", "step_00000004"]
+    assert after["rows_steps"] == [1, 2, 3, 4, 5] and not after["model_exists"]
+
+
+def test_resumed_run_equals_the_uninterrupted_one(runs):
+    ref, res = runs["two_ranks"], runs["resumed"]
+    rows_ref, rows_res = jsonl(ref / "logs" / "rows.jsonl"), jsonl(res / "logs" / "rows.jsonl")
+    assert [r["step"] for r in rows_res] == [1, 2, 3, 4, 5, 6]
+    assert rows_res == rows_ref  # the same rows at the same steps: none twice, none skipped
+    trained = [i for r in rows_res for i in r["ids"]]
+    summary = json.loads((res / "train" / "summary.json").read_text())
+    assert len(set(trained)) == summary["train_rows"]  # 6 steps cover the train split (then epoch 2 begins)
+    a, b = weights(ref / "model"), weights(res / "model")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+    losses = [(m["step"], m["loss"]) for m in jsonl(res / "logs" / "metrics.jsonl") if m["split"] == "train"]
+    ref_losses = [(m["step"], m["loss"]) for m in jsonl(ref / "logs" / "metrics.jsonl") if m["split"] == "train"]
+    assert [s for s, _ in losses] == [1, 2, 3, 4, 5, 6]
+    assert [l for _, l in losses] == pytest.approx([l for _, l in ref_losses], rel=1e-6)
+    assert sorted(p.name for p in (res / "checkpoints").glob("step_*")) == ["step_00000004", "step_00000006"]
+
+
+def test_resume_on_another_rank_count_is_refused_before_ranks_start(runs):
+    cfg = TrainConfig(**BASE, launcher="local", num_workers=1, grad_accum=2)
+    with pytest.raises(ConfigError, match=r"written by 2 rank\(s\) but this run has 1.*num_workers=2"):
+        train(runs["resumed"], runs["model"], cfg)
+
+
+def test_eval_loss_is_logged_at_checkpoints(runs):
+    evals = [m for m in jsonl(runs["two_ranks"] / "logs" / "metrics.jsonl") if m["split"] == "eval"]
+    assert [m["step"] for m in evals] == [2, 4, 6]
+    assert evals[-1]["loss"] < evals[0]["loss"]
+
+
+def test_step_one_equals_a_plain_pytorch_step(runs):
+    """DeepSpeed's step-1 loss and gradient norm equal plain PyTorch on the same micro batches and dropout."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from s3ft.train.batching import collate, plan_steps
+    from s3ft.train.loop import _dropout_seed
+    from s3ft.train.model import nll_sum
+    from s3ft.train.tokenize import TokenizedSet
+
+    run = runs["two_ranks"]
+    data = TokenizedSet.load(run / "train" / "train_rows.npz")
+    step = plan_steps(data, world_size=2, grad_accum=1, budget=BASE["micro_batch_tokens"], packing=True,
+                      seed=BASE["seed"], epochs=3, max_steps=BASE["max_steps"])[0]
+    assert [data.ids[i] for i in step.rows()] == jsonl(run / "logs" / "rows.jsonl")[0]["ids"]
+    model = AutoModelForCausalLM.from_pretrained(runs["model"], dtype=torch.float32, attn_implementation="sdpa")
+    model.train()
+    total = 0.0
+    for j, mb in enumerate(step.micro_batches):
+        torch.manual_seed(_dropout_seed(BASE["seed"], 1, j))
+        total = total + nll_sum(model, collate(data, mb, pad_id=0))
+    (total / step.target_tokens).backward()
+    norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in model.parameters())).item()
+    logged = [m for m in jsonl(run / "logs" / "metrics.jsonl") if m["split"] == "train"]
+    assert logged[0]["loss"] == pytest.approx((total / step.target_tokens).item(), rel=1e-5)
+    assert logged[0]["grad_norm"] == pytest.approx(norm, rel=1e-4)
+    one = [m for m in jsonl(runs["one_rank"] / "logs" / "metrics.jsonl") if m["split"] == "train"]
+    assert [m["grad_norm"] for m in one] == pytest.approx([m["grad_norm"] for m in logged], rel=1e-5)
