@@ -125,11 +125,11 @@ def cmd_run(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from s3ft.config import load_config
     from s3ft.models.resolve import resolve_model
-    from s3ft.pipeline.run import preflight
+    from s3ft.pipeline.preflight import check_output_dir
     from s3ft.train.driver import train
 
     config = load_config(args.config, args.overrides)
-    preflight(Path(config.output_dir))
+    check_output_dir(Path(config.output_dir))
     print(f"model written to {train(Path(config.output_dir), resolve_model(config.model), config.train)}")
 
 

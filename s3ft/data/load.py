@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +20,24 @@ from s3ft.errors import DataError
 from s3ft.pipeline.shards import ShardStore, write_jsonl
 
 
-def examples(cfg: DataConfig, templates: Templates, rejects: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    """Stream examples; bad rows raise `DataError` or, with `on_bad_row: skip`, land in `rejects`."""
+PromptCheck = Callable[[list[dict[str, str]]], str | None]
+
+
+def examples(
+    cfg: DataConfig, templates: Templates, rejects: list[dict[str, Any]], check: PromptCheck | None = None
+) -> Iterator[dict[str, Any]]:
+    """Stream examples; bad rows raise `DataError` or, with `on_bad_row: skip`, land in `rejects`.
+
+    `check` vets the rendered prompt (e.g. that it fits the model's context) and returns why not.
+    """
     seen: set[str] = set()
     records = iter_records(cfg.path, cfg.split)
     for record in itertools.islice(records, cfg.limit):
         try:
-            yield _example(cfg, templates, record, seen)
+            example = _example(cfg, templates, record, seen)
+            if check is not None and (problem := check(example["messages"])):
+                raise FieldError("messages", problem)
+            yield example
         except FieldError as exc:
             if cfg.on_bad_row == "error":
                 raise DataError(
@@ -55,11 +66,14 @@ def _example(cfg: DataConfig, templates: Templates, record: Record, seen: set[st
     return make_example(fields, example_id, templates)
 
 
-def run_load(cfg: DataConfig, templates: Templates, store: ShardStore, shard_size: int, rejects_path: Path) -> None:
+def run_load(
+    cfg: DataConfig, templates: Templates, store: ShardStore, shard_size: int, rejects_path: Path,
+    check: PromptCheck | None = None,
+) -> None:
     """Write the examples as shards of `shard_size`; cheap, so an unfinished load simply runs again."""
     started = time.time()
     rejects: list[dict[str, Any]] = []
-    stream = examples(cfg, templates, rejects)
+    stream = examples(cfg, templates, rejects, check)
     shards = rows = 0
     while batch := list(itertools.islice(stream, shard_size)):
         store.write(shards, batch)

@@ -15,7 +15,7 @@ from s3ft.data.load import run_load
 from s3ft.data.prompts import load_templates
 from s3ft.errors import ConfigError
 from s3ft.generation.base import Sampling
-from s3ft.models.resolve import load_tokenizer, render_prompt
+from s3ft.models.resolve import context_length, load_tokenizer, prompt_fits, render_prompt
 from s3ft.pipeline.cluster import ensure_ray
 from s3ft.pipeline.mappers import generate_into, judge_into, lazy_pool
 from s3ft.pipeline.shards import ShardStore, write_jsonl
@@ -34,18 +34,21 @@ def evaluate_in_domain(cfg: Config, label: str, model_path: str) -> dict[str, An
     run_dir = Path(cfg.output_dir)
     data = cfg.data.model_copy(update={"path": cfg.eval.data_path, "split": cfg.eval.split, "limit": cfg.eval.limit})
     templates = load_templates(data.task, data.prompt_template)
-    shard_size = cfg.generation.shard_size
-    loaded = ShardStore(run_dir, "eval_load", stage_key(data, vars(templates), str(shard_size)))
-    if not loaded.finished:
-        run_load(data, templates, loaded, shard_size, run_dir / "eval" / "rejects.jsonl")
-
     gen = cfg.generation
+    tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
+    context = context_length(model_path, cfg.model.max_model_len)
+    check = prompt_fits(tokenizer, context, gen.max_tokens)
+    loaded = ShardStore(run_dir, "eval_load", stage_key(data, vars(templates), str(gen.shard_size), str(context),
+                                                        str(gen.max_tokens)))
+    if not loaded.finished:
+        run_load(data, templates, loaded, gen.shard_size, run_dir / "eval" / "rejects.jsonl", check)
+
+
     greedy = Sampling(max_tokens=gen.max_tokens, temperature=0.0, top_p=1.0, n=1, stop=tuple(gen.stop), seed=gen.seed)
     generated = ShardStore(
         run_dir, f"eval_generate_{label}", stage_key(loaded.key, model_fingerprint(model_path), gen.backend, vars(greedy))
     )
     judged = ShardStore(run_dir, f"eval_judge_{label}", stage_key(generated.key, cfg.judge.model_dump(exclude={"num_workers"})))
-    tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
 
     def prompt(row: dict[str, Any]) -> str:
         return render_prompt(tokenizer, row["messages"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,31 @@ def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+
+
+def context_length(path: str, max_model_len: int | None) -> int | None:
+    """The context the engines will serve: model.max_model_len, else the model's own."""
+    if max_model_len:
+        return max_model_len
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path)
+    return getattr(getattr(config, "text_config", config), "max_position_embeddings", None)
+
+
+def prompt_fits(tokenizer: Any, context: int | None, max_tokens: int) -> Callable[[list[dict[str, str]]], str | None]:
+    """A check for the load stage: why a prompt cannot be generated for (too long), or None."""
+
+    def check(messages: list[dict[str, str]]) -> str | None:
+        if context is None:
+            return None
+        length = len(tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"])
+        if length + max_tokens > context:
+            return (f"the prompt is {length} tokens; with generation.max_tokens {max_tokens} it exceeds the model's "
+                    f"context of {context} tokens")
+        return None
+
+    return check
 
 
 def render_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,28 +19,42 @@ from s3ft.data.load import run_load
 from s3ft.data.prompts import Templates, load_templates
 from s3ft.data.tasks import paraphrase_messages
 from s3ft.generation.base import Sampling
-from s3ft.models.resolve import load_tokenizer, render_prompt, resolve_model
+from s3ft.models.resolve import context_length, load_tokenizer, prompt_fits, render_prompt, resolve_model
 from s3ft.pipeline.cluster import ensure_ray
-from s3ft.pipeline.shards import ShardStore, write_jsonl
 from s3ft.pipeline.mappers import generate_into, judge_into, lazy_pool
+from s3ft.pipeline.preflight import check_output_dir
+from s3ft.pipeline.shards import ShardStore, write_jsonl
 from s3ft.pipeline.stage import run_stage
 from s3ft.selection import needs_paraphrase, select_all, stats
 
+log = logging.getLogger(__name__)
+
+
 def run_data(cfg: Config) -> dict[str, Any]:
     run_dir = Path(cfg.output_dir)
+    check_output_dir(run_dir)
     save_config(cfg, run_dir / "config.yaml")
     templates = load_templates(cfg.data.task, cfg.data.prompt_template, cfg.paraphrase.template)
-    loaded = ShardStore(run_dir, "load", stage_key(cfg.data, vars(templates), str(cfg.generation.shard_size)))
+    generates = cfg.selection.strategy != "sft"
+    model_path = resolve_model(cfg.model) if generates else None
+    tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code) if model_path else None
+    load_key = [cfg.data, vars(templates), str(cfg.generation.shard_size)]
+    check = None
+    if model_path:
+        context = context_length(model_path, cfg.model.max_model_len)
+        check = prompt_fits(tokenizer, context, cfg.generation.max_tokens)
+        load_key += [cfg.model.path, str(context), str(cfg.generation.max_tokens)]  # prompts vetted against them
+    loaded = ShardStore(run_dir, "load", stage_key(*load_key))
     if not loaded.finished:
-        run_load(cfg.data, templates, loaded, cfg.generation.shard_size, run_dir / "data" / "rejects.jsonl")
-    strategy = cfg.selection.strategy
-    final = loaded if strategy == "sft" else _self_and_paraphrase(cfg, run_dir, loaded, templates)
-    return _select(run_dir, final, strategy, loaded.manifest)
+        run_load(cfg.data, templates, loaded, cfg.generation.shard_size, run_dir / "data" / "rejects.jsonl", check)
+    final = _self_and_paraphrase(cfg, run_dir, loaded, templates, model_path, tokenizer, check) if generates else loaded
+    return _select(run_dir, final, cfg.selection.strategy, loaded.manifest)
 
 
-def _self_and_paraphrase(cfg: Config, run_dir: Path, loaded: ShardStore, templates: Templates) -> ShardStore:
-    model_path = resolve_model(cfg.model)
-    tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
+def _self_and_paraphrase(
+    cfg: Config, run_dir: Path, loaded: ShardStore, templates: Templates, model_path: str, tokenizer: Any,
+    check: Callable[[list[dict[str, str]]], str | None],
+) -> ShardStore:
     gen = cfg.generation
     rft = cfg.selection.strategy == "rft"
     sampling = Sampling(
@@ -69,7 +85,13 @@ def _self_and_paraphrase(cfg: Config, run_dir: Path, loaded: ShardStore, templat
         para_judged = ShardStore(run_dir, "judge_paraphrase", stage_key(paraphrased.key, judge_key))
 
         def paraphrase_prompt(row: dict[str, Any]) -> str | None:
-            return render_prompt(tokenizer, paraphrase_messages(row, templates)) if needs_paraphrase(row) else None
+            if not needs_paraphrase(row):
+                return None
+            messages = paraphrase_messages(row, templates)
+            if problem := check(messages):  # the gold makes it longer: no paraphrase, the gold stays the target
+                log.warning("row %s: no paraphrase: %s", row["id"], problem)
+                return None
+            return render_prompt(tokenizer, messages)
 
         run_stage(judged, paraphrased, generate_into(pool, greedy_one, "paraphrase", paraphrase_prompt, first=True),
                   "paraphrase")

@@ -16,22 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from s3ft.config import Config, save_config, stage_key
-from s3ft.errors import ConfigError
+from s3ft.pipeline.preflight import check_output_dir
 
 log = logging.getLogger(__name__)
 STAGES = ("data", "train", "eval", "report")
 RELEASE_TIMEOUT_S = 120.0
-
-
-def preflight(run_dir: Path) -> None:
-    """Refuse an output directory we cannot write before any work starts."""
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / f".write-test-{time.time_ns()}"
-        probe.write_bytes(b"\0" * 1024 * 1024)
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(f"output_dir {run_dir} is not writable ({exc.strerror or exc})") from None
 
 
 def forget(run_dir: Path, first: str) -> None:
@@ -62,7 +51,7 @@ def run_all(cfg: Config, from_stage: str | None = None) -> dict[str, Path]:
     from s3ft.train.driver import train
 
     run_dir = Path(cfg.output_dir)
-    preflight(run_dir)
+    check_output_dir(run_dir)
     if from_stage:
         forget(run_dir, from_stage)
     save_config(cfg, run_dir / "config.yaml")
