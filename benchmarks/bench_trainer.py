@@ -1,12 +1,20 @@
-"""Training throughput: s3ft's trainer against Hugging Face `Trainer`, same model, rows and ZeRO-3 config.
+"""Training throughput: s3ft's trainer against Hugging Face `Trainer` and TRL's `SFTTrainer` (packing), same
+model, rows and ZeRO-3 config.
 
-Both train one epoch of the same rows (tokenized once, by s3ft) on a small random Llama with the
-same DeepSpeed JSON (configs/deepspeed/zero3.json, its "auto" values filled by each trainer), the
-same attention kernel and no gradient checkpointing. s3ft packs rows into micro batches of
-`--micro-batch-tokens`; HF pads each batch to its longest row, with the batch size that holds the
-same number of real tokens on average. Throughput is real (non-padding) tokens per second of
-training steps, the first steps (warm-up) excluded. Each side runs in its own process(es). Prints
-both padding fractions and tokens/s, then `ratio=ours/hf` as the last line.
+All three train one epoch of the same rows on a small random Llama with the same DeepSpeed JSON
+(configs/deepspeed/zero3.json, its "auto" values filled by each trainer), the same attention kernel
+(sdpa) and no gradient checkpointing. s3ft packs rows into micro batches of `--micro-batch-tokens`;
+HF pads each batch to its longest row, with the batch size that holds the same number of real
+tokens on average; TRL packs the rows (given as prompt-completion chat rows, loss on the completion)
+with its default "bfd" strategy into sequences as long as s3ft's (the longest row), as many per
+batch as fit in `--micro-batch-tokens`. "bfd" is padding-free: TRL flattens a batch into one
+sequence whose position ids restart at every row, and on CPU transformers' sdpa turns those into a
+block-diagonal mask, so attention stays inside each row as in s3ft (no flash-attention needed).
+Throughput is real (non-padding, prompt + target) tokens per second of training steps, the first
+steps (warm-up) excluded. Each trainer runs in its own process(es). Prints the padding fractions and
+tokens/s, `ratio_vs_trl=ours/trl`, then `ratio=ours/hf` as the last line.
+
+TRL is a benchmark-only dependency: pip install trl==1.16.0
 
     python benchmarks/bench_trainer.py [--rows 600] [--ranks 1] [--micro-batch-tokens 4096]
 """
@@ -14,6 +22,7 @@ both padding fractions and tokens/s, then `ratio=ours/hf` as the last line.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import random
@@ -25,6 +34,7 @@ from pathlib import Path
 
 WARMUP_STEPS = 2
 WORDS = "the of and to in is was for on that with as by at from his an were are which this be or had".split()
+TRL_PIN = "trl==1.16.0"
 
 
 def make_rows(n: int, seed: int = 0) -> list[dict]:
@@ -51,15 +61,83 @@ def run_ours(work: Path, args: argparse.Namespace) -> dict:
     timed = [s for s in steps if s["split"] == "train"][WARMUP_STEPS:]
     summary = json.loads((work / "ours" / "train" / "summary.json").read_text())
     return {"tokens_per_s": sum(s["tokens"] for s in timed) / sum(s["step_time"] for s in timed),
-            "padding": summary["padding_fraction"], "steps": len(steps)}
+            "padding": summary["padding_fraction"], "steps": len(steps), "tokens": summary["train_tokens"]}
+
+
+class Meter:
+    """Times each optimizer step (a Trainer callback) and counts the real and computed tokens of each batch."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.step_tokens: list[int] = []
+        self.real = self.computed = 0
+
+    def counting(self, collate):
+        """`collate` that also counts: an item's input_ids are its real tokens (rows, or a packed bin of rows)."""
+
+        def wrapped(items):
+            out = collate(items)
+            real = sum(len(item["input_ids"]) for item in items)
+            self.real += real
+            self.computed += out["input_ids"].numel()
+            self.step_tokens.append(real)
+            return out
+
+        return wrapped
+
+    def callback(self):
+        from transformers import TrainerCallback
+
+        times = self.times
+
+        class Timer(TrainerCallback):
+            def on_step_begin(self, *a, **k):
+                self.t0 = time.perf_counter()
+
+            def on_step_end(self, *a, **k):
+                times.append(time.perf_counter() - self.t0)
+
+        return Timer()
+
+    def write(self, path: Path, **extra) -> None:
+        """Rank 0 writes tokens/s (warm-up steps excluded), padding fraction and step count to `path`."""
+        if int(os.environ.get("RANK", 0)) != 0:
+            return
+        # the dataloader of each rank runs ahead by a batch or two; time the steps, count their tokens
+        n = min(len(self.times), len(self.step_tokens))
+        tokens = sum(self.step_tokens[WARMUP_STEPS:n]) * int(os.environ.get("WORLD_SIZE", 1))
+        result = {"tokens_per_s": tokens / sum(self.times[WARMUP_STEPS:n]), "padding": 1 - self.real / self.computed,
+                  "steps": len(self.times), **extra}
+        path.write_text(json.dumps(result))
+
+
+def baseline_setup(work: Path, args_class, name: str, batch: int, **extra):
+    """What the HF and TRL runs share: (training arguments of `args_class`, model, step meter).
+
+    Same ZeRO-3 JSON, fp32, sdpa, no gradient checkpointing, lr, seed and epochs as s3ft. The arguments
+    are built before the model, so from_pretrained sees the ZeRO-3 config and partitions at load.
+    """
+    import deepspeed
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")  # before ZeRO-3 init
+    ds_config = json.loads((Path(__file__).resolve().parents[1] / "configs" / "deepspeed" / "zero3.json").read_text())
+    targs = args_class(
+        output_dir=str(work / name), per_device_train_batch_size=batch, num_train_epochs=1, learning_rate=1e-4,
+        deepspeed=ds_config, bf16=False, report_to=[], save_strategy="no", logging_steps=10**9,
+        dataloader_num_workers=0, gradient_checkpointing=False, seed=0,
+        use_cpu=not torch.cuda.is_available(), disable_tqdm=True, **extra,
+    )
+    model = AutoModelForCausalLM.from_pretrained(work / "model", dtype=torch.float32, attn_implementation="sdpa")
+    model.config.use_cache = False
+    return targs, model, Meter()
 
 
 def hf_worker(work: Path, args: argparse.Namespace) -> None:
-    """One rank of the HF Trainer run (started under torchrun); rank 0 writes hf.json."""
+    """One rank of the HF Trainer run (started under torchrun) on s3ft's tokenized rows; rank 0 writes hf.json."""
     import numpy as np
-    import torch
-    from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer,
-                              TrainerCallback, TrainingArguments)
+    from transformers import AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
     from s3ft.train.tokenize import TokenizedSet
 
@@ -69,60 +147,49 @@ def hf_worker(work: Path, args: argparse.Namespace) -> None:
         ids = data.row(i).astype(np.int64).tolist()
         labels = [-100] * int(data.prompt_lens[i]) + ids[int(data.prompt_lens[i]):]
         features.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels})
-    mean_len = float(data.lengths().mean())
-    batch = max(1, round(args.micro_batch_tokens / mean_len))
-    tokenizer = AutoTokenizer.from_pretrained(work / "model")
-    collate = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
-    counts = {"real": 0, "padded": 0}
-    step_tokens: list[int] = []
-
-    def counting_collate(items):
-        out = collate(items)
-        real = int(out["attention_mask"].sum())
-        counts["real"] += real
-        counts["padded"] += out["input_ids"].numel()
-        step_tokens.append(real)
-        return out
-
-    times: list[float] = []
-
-    class Timer(TrainerCallback):
-        def on_step_begin(self, *a, **k):
-            self.t0 = time.perf_counter()
-
-        def on_step_end(self, *a, **k):
-            times.append(time.perf_counter() - self.t0)
-
-    import deepspeed
-
-    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")  # before ZeRO-3 init
-    ds_config = json.loads((Path(__file__).resolve().parents[1] / "configs" / "deepspeed" / "zero3.json").read_text())
-    targs = TrainingArguments(
-        output_dir=str(work / "hf"), per_device_train_batch_size=batch, num_train_epochs=1, learning_rate=1e-4,
-        deepspeed=ds_config, bf16=False, report_to=[], save_strategy="no", logging_steps=10**9,
-        dataloader_num_workers=0, remove_unused_columns=False, gradient_checkpointing=False, seed=0,
-        use_cpu=not torch.cuda.is_available(), disable_tqdm=True,
-    )
-    model = AutoModelForCausalLM.from_pretrained(work / "model", dtype=torch.float32, attn_implementation="sdpa")
-    model.config.use_cache = False
-    trainer = Trainer(model=model, args=targs, train_dataset=features, data_collator=counting_collate,
-                      callbacks=[Timer()])
+    batch = max(1, round(args.micro_batch_tokens / float(data.lengths().mean())))
+    targs, model, meter = baseline_setup(work, TrainingArguments, "hf", batch, remove_unused_columns=False)
+    collate = DataCollatorForSeq2Seq(AutoTokenizer.from_pretrained(work / "model"), padding=True,
+                                     label_pad_token_id=-100)
+    trainer = Trainer(model=model, args=targs, train_dataset=features, data_collator=meter.counting(collate),
+                      callbacks=[meter.callback()])
     trainer.train()
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    if int(os.environ.get("RANK", 0)) == 0:
-        # the dataloader of each rank runs ahead by a batch or two; time the steps, count their tokens
-        n = min(len(times), len(step_tokens))
-        tokens = sum(step_tokens[WARMUP_STEPS:n]) * world
-        result = {"tokens_per_s": tokens / sum(times[WARMUP_STEPS:n]), "batch_size": batch,
-                  "padding": 1 - counts["real"] / counts["padded"], "steps": len(times)}
-        (work / "hf.json").write_text(json.dumps(result))
+    meter.write(work / "hf.json", batch_size=batch, tokens=meter.real)
 
 
-def run_hf(work: Path, args: argparse.Namespace) -> dict:
+def trl_worker(work: Path, args: argparse.Namespace) -> None:
+    """One rank of the TRL SFTTrainer run with packing on the merged rows; rank 0 writes trl.json."""
+    import trl
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from s3ft.train.tokenize import TokenizedSet
+
+    rows = [json.loads(x) for x in (work / "ours" / "data" / "merged.jsonl").read_text().splitlines()]
+    # conversational prompt-completion rows: the prompt is rendered as s3ft renders it, the loss is on the completion
+    dataset = Dataset.from_list([
+        {"prompt": r["messages"], "completion": [{"role": "assistant", "content": r["target"]}]} for r in rows
+    ])
+    longest = int(TokenizedSet.load(work / "ours" / "train" / "train_rows.npz").lengths().max())
+    seq_len = min(args.micro_batch_tokens, longest)  # s3ft's packed sequence length
+    batch = max(1, args.micro_batch_tokens // seq_len)
+    targs, model, meter = baseline_setup(work, SFTConfig, "trl", batch, packing=True, packing_strategy="bfd",
+                                         max_length=seq_len)
+    trainer = SFTTrainer(model=model, args=targs, train_dataset=dataset,
+                         processing_class=AutoTokenizer.from_pretrained(work / "model"), callbacks=[meter.callback()])
+    trainer.data_collator = meter.counting(trainer.data_collator)  # TRL refuses a custom collator with padding-free
+    trainer.train()
+    meter.write(work / "trl.json", batch_size=batch, max_length=seq_len, tokens=meter.real,
+                padding_free=trainer.padding_free, version=trl.__version__)
+
+
+def run_baseline(kind: str, work: Path, args: argparse.Namespace) -> dict:
+    """Run `kind` (hf or trl) under torchrun with `--ranks` ranks; returns what its rank 0 wrote."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.ranks}",
-           __file__, "--hf-worker", str(work), "--micro-batch-tokens", str(args.micro_batch_tokens)]
+           __file__, "--worker", kind, "--work", str(work), "--micro-batch-tokens", str(args.micro_batch_tokens)]
     subprocess.run(cmd, check=True)
-    return json.loads((work / "hf.json").read_text())
+    return json.loads((work / f"{kind}.json").read_text())
 
 
 def main() -> None:
@@ -132,11 +199,14 @@ def main() -> None:
     parser.add_argument("--micro-batch-tokens", type=int, default=4096)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--hf-worker", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["hf", "trl"], help=argparse.SUPPRESS)
+    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.hf_worker:
-        hf_worker(args.hf_worker, args)
+    if args.worker:
+        {"hf": hf_worker, "trl": trl_worker}[args.worker](args.work, args)
         return
+    if importlib.util.find_spec("trl") is None:
+        sys.exit(f"bench_trainer: TRL is not installed (a benchmark-only dependency); run: pip install {TRL_PIN}")
 
     from s3ft.models.tiny import build_tiny_model
 
@@ -148,12 +218,19 @@ def main() -> None:
         rows = make_rows(args.rows)
         (work / "ours" / "data" / "merged.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         ours = run_ours(work, args)
-        hf = run_hf(work, args)
+        hf = run_baseline("hf", work, args)
+        trl = run_baseline("trl", work, args)
     print(f"rows={args.rows} ranks={args.ranks} micro_batch_tokens={args.micro_batch_tokens} "
           f"hf_batch_size={hf['batch_size']}")
     print(f"padding_fraction ours={ours['padding']:.3f} hf={hf['padding']:.3f}")
     print(f"tokens_per_s ours={ours['tokens_per_s']:.0f} hf={hf['tokens_per_s']:.0f} "
           f"(steps ours={ours['steps']} hf={hf['steps']})")
+    print(f"trl={trl['version']} SFTTrainer packing=True packing_strategy=bfd "
+          f"padding_free={trl['padding_free']} max_length={trl['max_length']} batch_size={trl['batch_size']} "
+          f"tokens trained ours={ours['tokens']} trl={trl['tokens']}")
+    print(f"padding_fraction trl={trl['padding']:.3f}")
+    print(f"tokens_per_s trl={trl['tokens_per_s']:.0f} (steps trl={trl['steps']})")
+    print(f"ratio_vs_trl={ours['tokens_per_s'] / trl['tokens_per_s']:.2f}")
     print(f"ratio={ours['tokens_per_s'] / hf['tokens_per_s']:.2f}")
 
 
