@@ -99,6 +99,17 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--layers", type=int, default=2)
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=cmd_init_tiny_model)
+
+    wait = sub.add_parser(
+        "wait-cluster", help="Wait until a Ray cluster can take a job.",
+        description="Wait until a Ray cluster can take a job: NODES nodes alive and the head's job agent "
+        "registered (until then Ray's job API refuses submissions). Exits 2 with what is missing on timeout. "
+        "Launch scripts run it between starting the cluster and `ray job submit`.",
+    )
+    wait.add_argument("--address", required=True, help="The cluster's GCS address, HOST:PORT (as for `ray start`).")
+    wait.add_argument("--nodes", type=int, default=1, help="Nodes that must have joined (default 1).")
+    wait.add_argument("--timeout", type=float, default=300.0, help="Seconds before giving up (default 300).")
+    wait.set_defaults(func=cmd_wait_cluster)
     return parser
 
 
@@ -130,6 +141,10 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     config = load_config(args.config, args.overrides)
     check_output_dir(Path(config.output_dir))
+    if config.train.launcher == "ray":
+        from s3ft.pipeline.cluster import ensure_ray
+
+        ensure_ray(config.ray)
     print(f"model written to {train(Path(config.output_dir), resolve_model(config.model), config.train)}")
 
 
@@ -206,6 +221,13 @@ def cmd_init_tiny_model(args: argparse.Namespace) -> None:
 
     path = build_tiny_model(args.dir, hidden_size=args.hidden_size, num_layers=args.layers, seed=args.seed)
     print(f"tiny Llama written to {path}")
+
+
+def cmd_wait_cluster(args: argparse.Namespace) -> None:
+    from s3ft.pipeline.cluster import wait_for_cluster
+
+    wait_for_cluster(args.address, args.nodes, args.timeout)
+    print(f"Ray cluster at {args.address} is ready for jobs")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -138,6 +138,18 @@ class ClusterConfig(Section):
     cpu_memory_gib: float = Field(1024.0, gt=0, description="Host memory of one node (ZeRO offload lives here).")
 
 
+class RayConfig(Section):
+    """The Ray cluster s3ft starts for itself when RAY_ADDRESS names none (a job joining a cluster
+    uses that cluster's own settings)."""
+
+    dashboard: bool = Field(False, description="Start Ray's dashboard (and its job API) with the local cluster.")
+    dashboard_host: str = Field(
+        "127.0.0.1", description="Interface the dashboard listens on: loopback unless you say otherwise (0.0.0.0 "
+        "exposes it, and the job API that runs code, to the network)."
+    )
+    dashboard_port: int = Field(8265, gt=0, lt=65536)
+
+
 class Config(Section):
     output_dir: str = Field(description="Run directory: every stage's output, the model, the report.")
     seed: int = 0
@@ -150,6 +162,7 @@ class Config(Section):
     train: TrainConfig = Field(default_factory=TrainConfig, description="Fine-tuning: DeepSpeed ZeRO-3, full or LoRA.")
     eval: EvalConfig = Field(default_factory=EvalConfig)
     cluster: ClusterConfig | None = Field(None, description="The cluster this config is for (optional; see s3ft plan).")
+    ray: RayConfig = Field(default_factory=RayConfig, description="The local Ray cluster, when s3ft starts one.")
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:

@@ -30,3 +30,7 @@ class JudgeError(S3FTError):
 
 class EvalError(S3FTError):
     """An evaluation that cannot run, or a results file that cannot be read."""
+
+
+class TrainingError(S3FTError):
+    """Training ranks that died or failed; the message says which checkpoint a re-run resumes from."""

@@ -12,8 +12,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
@@ -67,9 +69,13 @@ def test_ray_job_submit_runs_the_whole_job(tmp_path: Path, tiny_model_dir: Path)
     try:
         address = f"http://127.0.0.1:{dashboard}"
         deadline = time.time() + 120
-        while subprocess.run(["ray", "job", "list", "--address", address], env=env, capture_output=True).returncode:
+        while subprocess.run(["ray", "status", "--address", f"127.0.0.1:{port}"], env=env, capture_output=True).returncode:
             assert head.poll() is None and time.time() < deadline, "the Ray head did not come up"
             time.sleep(2)
+        # `ray status` answers before the head's job agent registers; submitting then is refused
+        ready = subprocess.run(["s3ft", "wait-cluster", "--address", f"127.0.0.1:{port}", "--timeout", "120"],
+                               env=env, capture_output=True, text=True)
+        assert ready.returncode == 0, ready.stderr[-2000:]
         out = tmp_path / "job_run"
         config = reduced_config(tmp_path, tiny_model_dir, out)
         result = subprocess.run([str(REPO / "launch" / "submit.sh"), "--address", address, str(config)],
@@ -106,3 +112,39 @@ def test_run_killed_during_training_resumes_from_its_checkpoint(tmp_path: Path, 
     trained = [json.loads(line)["step"] for line in (out / "logs" / "rows.jsonl").read_text().splitlines()]
     assert trained == list(range(1, 7))  # every step exactly once: resumed, nothing repeated or skipped
     assert steps_before  # it was killed after a checkpoint, so the re-run had one to resume from
+
+
+def test_a_killed_training_rank_fails_clearly_and_the_rerun_resumes(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """One Ray Train worker SIGKILLed after a checkpoint: `s3ft run` exits 2 naming the failure and the
+    checkpoint; the same command again finishes, each step trained once and every row in every epoch."""
+    out = tmp_path / "rank_killed"
+    config = reduced_config(tmp_path, tiny_model_dir, out, max_steps=40, launcher="ray")
+    cmd = [sys.executable, "-m", "s3ft.cli", "run", str(config)]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 600
+        while not list((out / "checkpoints").glob("step_*/meta.json")):
+            assert proc.poll() is None and time.time() < deadline, "s3ft run ended before its first checkpoint"
+            time.sleep(0.2)
+        ranks = [p for p in psutil.Process(proc.pid).children(recursive=True)
+                 if any("RayTrainWorker" in part for part in p.cmdline())]
+        assert len(ranks) == 2, [p.cmdline() for p in ranks]
+        ranks[1].kill()
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 2, stderr[-3000:]
+    assert "s3ft run: error: training failed: training worker(s) failed (rank" in stderr
+    assert "run the same command again to resume from the checkpoint of step" in stderr
+    assert not (out / "model").exists()
+
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_complete(out)
+    steps = [json.loads(line) for line in (out / "logs" / "rows.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == list(range(1, 41))
+    seen = Counter(i for s in steps for i in s["ids"])
+    assert len(seen) == 8 and max(seen.values()) - min(seen.values()) <= 1  # whole epochs, the last maybe cut

@@ -1,11 +1,21 @@
-"""Join the Ray cluster once: the one named by RAY_ADDRESS (`ray job submit` sets it), else a local one."""
+"""Join the Ray cluster once: the one named by RAY_ADDRESS (`ray job submit` sets it), else a local one;
+and wait until a cluster can take a job."""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import time
+from ipaddress import ip_address
+
+from s3ft.config import RayConfig
+from s3ft.errors import S3FTError
+
+log = logging.getLogger(__name__)
 
 
-def ensure_ray() -> None:
+def ensure_ray(settings: RayConfig | None = None) -> None:
     import ray
 
     if ray.is_initialized():
@@ -13,6 +23,52 @@ def ensure_ray() -> None:
     address = os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True, configure_logging=False)
-    else:
-        # A local cluster of our own: no dashboard, so nothing listens beyond this process tree.
-        ray.init(include_dashboard=False, log_to_driver=True, configure_logging=False)
+        return
+    settings = settings or RayConfig()
+    if settings.dashboard and not _is_loopback(settings.dashboard_host):
+        log.warning("ray.dashboard_host is %s: the dashboard and its job API (which runs code) are reachable "
+                    "from the network", settings.dashboard_host)
+    # A local cluster of our own: no dashboard unless asked, and then on loopback unless told otherwise.
+    ray.init(include_dashboard=settings.dashboard, dashboard_host=settings.dashboard_host,
+             dashboard_port=settings.dashboard_port, log_to_driver=True, configure_logging=False)
+
+
+def wait_for_cluster(address: str, nodes: int = 1, timeout_s: float = 300.0) -> None:
+    """Block until `nodes` nodes are alive and the head's job agent has registered.
+
+    `ray job submit` is refused ("No available agent") until the head's dashboard agent has written its
+    address to the GCS, and the job API waits only 10 s for it: a cluster that answers `ray status`
+    may not take a job yet. This reads the two GCS entries the job API itself reads (Ray 2.60)."""
+    import ray
+    from ray._private import ray_constants
+    from ray.dashboard import consts as dashboard_consts
+    from ray.experimental import internal_kv
+
+    ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False, configure_logging=False)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            alive = sum(1 for n in ray.nodes() if n["Alive"])
+            head = internal_kv._internal_kv_get(ray_constants.KV_HEAD_NODE_ID_KEY,
+                                                namespace=ray_constants.KV_NAMESPACE_JOB)
+            agent = head and internal_kv._internal_kv_get(
+                f"{dashboard_consts.DASHBOARD_AGENT_ADDR_NODE_ID_PREFIX}{head.decode()}",
+                namespace=ray_constants.KV_NAMESPACE_DASHBOARD,
+            )
+            if alive >= nodes and agent:
+                log.info("Ray cluster at %s ready: %d node(s), job agent at %s", address, alive, json.loads(agent)[:2])
+                return
+            if time.monotonic() > deadline:
+                raise S3FTError(f"Ray cluster at {address} not ready after {timeout_s:.0f} s: {alive} of {nodes} "
+                                f"node(s) alive, head job agent {'up' if agent else 'not registered'} (see the "
+                                "head's dashboard_agent.log under its temp dir)")
+            time.sleep(1)
+    finally:
+        ray.shutdown()
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"

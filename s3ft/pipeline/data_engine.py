@@ -72,7 +72,7 @@ def _self_and_paraphrase(
 
     with contextlib.ExitStack() as stack:
         pool = lazy_pool(stack, cfg.model.model_copy(update={"path": model_path}), gen)
-        ensure_ray()
+        ensure_ray(cfg.ray)
         run_stage(loaded, generated, generate_into(pool, sampling, "responses",
                                                     lambda row: render_prompt(tokenizer, row["messages"])),
                   "generate")

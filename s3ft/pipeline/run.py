@@ -55,7 +55,7 @@ def run_all(cfg: Config, from_stage: str | None = None) -> dict[str, Path]:
     if from_stage:
         forget(run_dir, from_stage)
     save_config(cfg, run_dir / "config.yaml")
-    ensure_ray()
+    ensure_ray(cfg.ray)
 
     log.info("stage 1/4: data (%s)", cfg.selection.strategy)
     run_data(cfg)

@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from s3ft.errors import TrainingError
+from s3ft.train import checkpoint
 from s3ft.train.config import TrainConfig
 from s3ft.train.loop import WorkerSpec, run_worker
 
@@ -54,11 +56,11 @@ def launch_torchrun(spec: WorkerSpec, cfg: TrainConfig) -> None:
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // cfg.num_workers)))
     code = subprocess.run(cmd, env=env).returncode
     if code != 0:
-        raise RuntimeError(f"torchrun training ranks failed (exit code {code}); their output is above")
+        raise training_failed(spec, f"torchrun exited with code {code} (the failing rank's error is above)")
 
 
 def launch_ray(spec: WorkerSpec, cfg: TrainConfig) -> None:
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import RunConfig, ScalingConfig, TrainingFailedError, WorkerGroupError
     from ray.train.torch import TorchConfig, TorchTrainer
 
     trainer = TorchTrainer(
@@ -68,7 +70,22 @@ def launch_ray(spec: WorkerSpec, cfg: TrainConfig) -> None:
         torch_config=TorchConfig(backend="nccl" if spec.use_gpu else "gloo"),
         run_config=RunConfig(name="train", storage_path=str(Path(spec.run_dir) / "ray")),
     )
-    trainer.fit()
+    try:
+        trainer.fit()
+    except WorkerGroupError as exc:
+        ranks = ", ".join(f"rank {r}: {type(e).__name__}" for r, e in sorted(exc.worker_failures.items()))
+        raise training_failed(spec, f"training worker(s) failed ({ranks or exc})") from exc
+    except TrainingFailedError as exc:
+        raise training_failed(spec, str(exc).splitlines()[0]) from exc
+
+
+def training_failed(spec: WorkerSpec, what: str) -> TrainingError:
+    """The error for ranks that died: what failed, and where a re-run of the same command resumes."""
+    found = checkpoint.latest(Path(spec.run_dir) / "checkpoints")
+    resume = (f"run the same command again to resume from the checkpoint of step {found[0]} ({found[1]}): no row "
+              "is trained twice or skipped" if found else
+              "no checkpoint was written yet, so running the same command again trains from the start")
+    return TrainingError(f"training failed: {what}; {resume}")
 
 
 @contextmanager
