@@ -23,7 +23,7 @@ endif
 	touch $@
 
 demo: setup
-	$(BIN)/s3ft data configs/experiments/smoke.yaml
+	$(BIN)/python -m s3ft.demo
 
 test: setup
 	$(BIN)/python -m pytest

@@ -26,8 +26,9 @@ SectionT = TypeVar("SectionT", bound=Section)
 
 class ModelConfig(Section):
     path: str = Field(description="Local model folder (Hugging Face format) or a hub id.")
-    build_if_missing: Literal["none", "tiny"] = Field(
-        "none", description="If nothing is at `path`, write a model there: tiny (a random Llama, for smoke tests)."
+    build_if_missing: Literal["none", "tiny", "demo"] = Field(
+        "none", description="If nothing is at `path`, write a model there: tiny (a random Llama, for smoke tests) or "
+        "demo (the tiny Llama pretrained on the demo's tasks, a few minutes on CPU)."
     )
     trust_remote_code: bool = Field(False, description="Run code shipped with the model; off unless asked.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"

@@ -23,6 +23,11 @@ def resolve_model(cfg: ModelConfig) -> str:
 
         log.info("building a tiny random Llama at %s (model.build_if_missing: tiny)", local)
         return str(build_tiny_model(local))
+    if cfg.build_if_missing == "demo":
+        from s3ft.demo.pretrain import build_demo_model
+
+        log.info("pretraining the demo's base model at %s (model.build_if_missing: demo; once, a few minutes)", local)
+        return str(build_demo_model(local))
     if local.exists() or cfg.path.startswith((".", "/", "~")) or cfg.path.count("/") != 1:
         raise ModelError(f"model.path '{cfg.path}': no Hugging Face model there (expected a folder with config.json)")
     return _download(cfg.path)
