@@ -94,7 +94,7 @@ def test_s3ft_ray_sbatch_runs_the_whole_job(cluster: SlurmCluster, tmp_path: Pat
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
     text = log.read_text()
-    assert "all 1 node(s) joined" in text, tail(log)
+    assert "ready: 1 node(s), job agent at" in text, tail(log)  # s3ft wait-cluster, before the submit
     assert "succeeded" in text.lower(), tail(log)  # ray job submit reports the job's final state
     assert_complete(out)
 
