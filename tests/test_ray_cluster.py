@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 
 from s3ft.config import RayConfig
+from s3ft.train.launch import free_port
 
 # Start s3ft's local cluster with the dashboard on, then list who listens on the dashboard's port.
 LISTENERS = """
@@ -24,12 +24,6 @@ hosts = sorted({c.laddr.ip for c in psutil.net_connections("tcp") if c.status ==
 print(json.dumps(hosts))
 ray.shutdown()
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def dashboard_listeners(settings: RayConfig) -> list[str]:

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,16 +18,12 @@ import psutil
 import pytest
 import yaml
 
+from s3ft.train.launch import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "configs" / "data" / "gsm8k_sample.jsonl"
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def reduced_config(tmp_path: Path, model: Path, out: Path, **train: object) -> Path:
