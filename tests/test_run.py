@@ -58,7 +58,9 @@ def test_ray_job_submit_runs_the_whole_job(tmp_path: Path, tiny_model_dir: Path)
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
     head = subprocess.Popen(
         ["ray", "start", "--head", f"--port={port}", f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1",
-         "--num-cpus=4", "--num-gpus=0", "--include-dashboard=true", "--block", f"--temp-dir={temp_dir}"],
+         "--num-cpus=4", "--num-gpus=0", "--include-dashboard=true", "--block", f"--temp-dir={temp_dir}",
+         # the session's own Ray (conftest) holds the default agent port: the job agent must not collide
+         f"--dashboard-agent-listen-port={free_port()}", f"--ray-client-server-port={free_port()}"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     try:
