@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         "chat template, in Hugging Face format: smoke-test a cluster without downloading weights.",
     )
     tiny.add_argument("dir", type=Path, help="Output folder.")
-    tiny.add_argument("--hidden-size", type=int, default=128)
+    tiny.add_argument("--hidden-size", type=int, default=128, help="A multiple of 64: heads are 64 wide (default 128).")
     tiny.add_argument("--layers", type=int, default=2)
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=cmd_init_tiny_model)

@@ -14,7 +14,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from s3ft.errors import ConfigError
+from s3ft.errors import ConfigError, JudgeError
 from s3ft.section import Section
 from s3ft.train.config import TrainConfig
 
@@ -84,6 +84,7 @@ class JudgeConfig(Section):
     target: str | None = Field(None, description="python judge: 'package.module:function'.")
     options: dict[str, Any] = Field(default_factory=dict, description="Extra keyword options of the judge (code: timeout_s, memory_mb, num_workers).")
     llm: LLMJudgeConfig | None = Field(None, description="llm judge: its model, serving and prompt.")
+    num_workers: int = Field(0, ge=0, description="Parallel Ray tasks; 0 means one per CPU of the cluster.")
 
     @model_validator(mode="after")
     def _kind_has_its_settings(self) -> JudgeConfig:
@@ -91,8 +92,13 @@ class JudgeConfig(Section):
             raise ValueError("judge.kind 'python' needs judge.target: 'package.module:function'")
         if self.kind == "llm" and self.llm is None:
             raise ValueError("judge.kind 'llm' needs a judge.llm section with at least model.path")
+        from s3ft.judges.run import check_judge_config  # the registry imports this module
+
+        try:
+            check_judge_config(self)
+        except JudgeError as err:
+            raise ValueError(str(err)) from None
         return self
-    num_workers: int = Field(0, ge=0, description="Parallel Ray tasks; 0 means one per CPU of the cluster.")
 
 
 class ParaphraseConfig(Section):

@@ -63,6 +63,11 @@ def test_tiny_model_is_written_and_resolved(tmp_path: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "tiny")
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "tiny")
     assert model.config.head_dim == 64
+    assert main(["init-tiny-model", str(tmp_path / "wide"), "--hidden-size", "256"]) == 0
+    wide = AutoModelForCausalLM.from_pretrained(tmp_path / "wide").config
+    assert (wide.head_dim, wide.num_attention_heads) == (64, 4)
+    assert main(["init-tiny-model", str(tmp_path / "odd"), "--hidden-size", "96"]) == 2
+    assert not (tmp_path / "odd").exists()
     text = tokenizer.apply_chat_template([{"role": "user", "content": "2+2?"}], tokenize=False, add_generation_prompt=True)
     assert tokenizer.decode(tokenizer(text, add_special_tokens=False).input_ids) == text
     assert resolve_model(ModelConfig(path=str(tmp_path / "tiny"))) == str(tmp_path / "tiny")

@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,8 @@ def test_unknown_key_names_the_key_and_what_is_allowed(tmp_path: Path) -> None:
         ("data.limit=many", "data.limit: Input should be a valid integer"),
         ("selection.strategy=best", "'sft', 'ssr', 's3ft' or 'rft'"),
         ("judge.kind=python", "judge.target"),
+        ("judge.kind=rouge", "unknown judge kind 'rouge'; known: code, llm, math, python, qa"),
+        ("judge.options.bogus=1", "unknown option(s) bogus for the 'math' judge; allowed: none"),
         ("generation.backend=hf", None),
     ],
 )
@@ -51,8 +54,15 @@ def test_bad_values_are_refused_before_work(tmp_path: Path, override: str, expec
         with pytest.raises(ConfigError, match="tensor_parallel_size"):
             load_config(path, [override, "generation.tensor_parallel_size=2"])
         return
-    with pytest.raises(ConfigError, match=expected.replace("(", r"\(")):
+    with pytest.raises(ConfigError, match=re.escape(expected)):
         load_config(path, [override])
+
+
+def test_judge_options_are_checked_against_the_judge_kind(tmp_path: Path) -> None:
+    path = write(tmp_path, {**BASE, "judge": {"kind": "code"}})
+    assert load_config(path, ["judge.options.memory_mb=512"]).judge.options == {"memory_mb": 512}
+    with pytest.raises(ConfigError, match="memory for the 'code' judge; allowed: memory_mb, num_workers, timeout_s"):
+        load_config(path, ["judge.options.memory=512"])
 
 
 def test_override_syntax_and_missing_file(tmp_path: Path) -> None:

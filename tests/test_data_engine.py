@@ -80,13 +80,46 @@ def test_ssr_sft_and_rft_strategies(engine_workspace: Path, ray_session: None, t
     assert {r["id"].split("#")[0] for r in rows} == {f"q{i}" for i in range(1, 7)}  # every example kept
 
 
-def test_rerun_skips_finished_work(engine_workspace: Path, ray_session: None, tmp_path: Path) -> None:
+def stage_dirs(out: Path) -> dict[str, set[str]]:
+    dirs: dict[str, set[str]] = {}
+    for path in (out / "stages").iterdir():
+        dirs.setdefault(path.name.rsplit("-", 1)[0], set()).add(path.name)
+    return dirs
+
+
+def shard_times(out: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in (out / "stages").rglob("shard-*.jsonl")}
+
+
+def untouched(shards: dict[Path, int]) -> bool:
+    return all(path.stat().st_mtime_ns == mtime for path, mtime in shards.items())
+
+
+def test_rerun_skips_finished_work_and_a_changed_setting_reruns_only_what_it_decides(
+    engine_workspace: Path, ray_session: None, tmp_path: Path
+) -> None:
     out = tmp_path / "again"
     config = load_config(config_file(engine_workspace, out, generation__backend="hf"))
     first = run_data(config)
-    shards = {p: p.stat().st_mtime_ns for p in (out / "stages").rglob("shard-*.jsonl")}
+    assert load_config(out / "config.yaml") == config  # the resolved config is saved in the run directory
+    shards = shard_times(out)
     assert run_data(config) == first
-    assert {p: p.stat().st_mtime_ns for p in (out / "stages").rglob("shard-*.jsonl")} == shards
+    assert shard_times(out) == shards
+
+    before = stage_dirs(out)
+    run_data(load_config(config_file(engine_workspace, out, generation__backend="hf",
+                                     paraphrase__template="Say again: {gold}")))
+    after = stage_dirs(out)
+    for stage in ("load", "generate", "judge"):  # the answers do not depend on the paraphrase prompt
+        assert after[stage] == before[stage]
+    for stage in ("paraphrase", "judge_paraphrase"):
+        assert len(after[stage] - before[stage]) == 1
+    assert untouched(shards)
+
+    run_data(load_config(config_file(engine_workspace, out, generation__backend="hf", judge__kind="qa")))
+    judged = stage_dirs(out)
+    assert judged["generate"] == before["generate"] and len(judged["judge"] - after["judge"]) == 1
+    assert untouched(shards)
 
 
 def test_killed_mid_generation_resumes_without_redoing_shards(
@@ -113,3 +146,28 @@ def test_killed_mid_generation_resumes_without_redoing_shards(
     for path, mtime in kept.items():
         assert path.stat().st_mtime_ns == mtime, f"{path.name} was generated again"
     assert merged(out) == merged(clean_run[0])
+
+
+def test_the_smoke_config_runs_on_its_50_gsm8k_rows_and_builds_its_model(ray_session: None, tmp_path: Path) -> None:
+    """`s3ft data configs/experiments/smoke.yaml` as a newcomer runs it, the tiny model built on first use."""
+    import ray
+
+    from tests.paths import REPO
+
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "COLUMNS": "120"}
+    cmd = [sys.executable, "-m", "s3ft.cli", "data", "configs/experiments/smoke.yaml",
+           "--set", f"output_dir={tmp_path / 'smoke'}", "--set", f"model.path={tmp_path / 'tiny-llama'}"]
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "tiny-llama" / "config.json").is_file()
+    stats = json.loads((tmp_path / "smoke" / "data" / "stats.json").read_text())
+    rows = merged(tmp_path / "smoke")
+    check_invariants(rows, stats)
+    assert stats["input_rows"] == stats["total"] == 50 and stats["rejected"] == 0
+    assert [r["gold"] for r in rows] == [json.loads(line)["answer"] for line in
+                                         (REPO / "configs/data/gsm8k_sample.jsonl").read_text().splitlines()]
+    table = " ".join(done.stdout.split())  # rich wraps the title to the table's width
+    assert "training targets by source (s3ft)" in table
+    for source in ("self", "paraphrase", "gold"):
+        assert f"│ {source} │ {stats[source]} │ {100 * stats['share'][source]:.1f}% │" in table
+    assert "50 input rows: 50 examples, 0 rejected" in done.stdout

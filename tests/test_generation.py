@@ -74,6 +74,14 @@ def test_cut_at_stop_follows_vllm() -> None:
     assert cut_at_stop("abcd", ["x"]) == "abcd"
 
 
+def test_a_tensor_parallel_engine_asks_for_its_gpus_on_one_node() -> None:
+    from s3ft.generation.ray_pool import engine_bundles
+
+    gen = GenerationConfig(tensor_parallel_size=4, cpus_per_engine=3)
+    assert engine_bundles(gen, on_gpu=True) == [{"GPU": 1, "CPU": 1}] * 4
+    assert engine_bundles(gen, on_gpu=False) == [{"CPU": 3}]
+
+
 def test_importing_generation_leaves_vllm_and_torch_unloaded() -> None:
     code = (
         "import sys, s3ft.generation as g; assert set(g.BACKENDS) >= {'vllm', 'hf'}; "

@@ -69,6 +69,14 @@ class _EngineActor:
             close()
 
 
+def engine_bundles(gen: GenerationConfig, on_gpu: bool) -> list[dict[str, float]]:
+    """The placement group of one engine: a bundle per GPU of its tensor-parallel group, placed
+    STRICT_PACK so that the whole group lands on one node (TP all-reduces stay off the network)."""
+    if on_gpu:
+        return [{"GPU": 1, "CPU": 1}] * gen.tensor_parallel_size
+    return [{"CPU": gen.cpus_per_engine}]
+
+
 @dataclass(eq=False)
 class _Engine:
     actor: Any  # ActorHandle
@@ -124,9 +132,7 @@ class GenerationPool:
         return [e.actor for e in self._engines]
 
     def _bundles(self) -> list[dict[str, float]]:
-        if self.on_gpu:
-            return [{"GPU": 1, "CPU": 1}] * self.gen.tensor_parallel_size
-        return [{"CPU": self.gen.cpus_per_engine}]
+        return engine_bundles(self.gen, self.on_gpu)
 
     def _backend_options(self) -> dict[str, Any]:
         options: dict[str, Any] = {

@@ -6,6 +6,7 @@ rule judges, sandboxed code, an LLM and a user's own function all fit behind one
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -63,9 +64,19 @@ def register(kind: str) -> Callable[[type[Judge]], type[Judge]]:
     return add
 
 
-def build_judge(kind: str, **options: Any) -> Judge:
+def judge_class(kind: str) -> Callable[..., Judge]:
     import s3ft.judges  # noqa: F401  (fills the registry)
 
     if kind not in JUDGES:
         raise JudgeError(f"unknown judge kind '{kind}'; known: {', '.join(sorted(JUDGES))}")
-    return JUDGES[kind](**options)
+    return JUDGES[kind]
+
+
+def judge_options(kind: str) -> set[str]:
+    """The keyword options a judge kind takes, so a config can be checked before any work starts."""
+    parameters = inspect.signature(judge_class(kind)).parameters.values()
+    return {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def build_judge(kind: str, **options: Any) -> Judge:
+    return judge_class(kind)(**options)

@@ -10,18 +10,27 @@ from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
 from s3ft.config import JudgeConfig
-from s3ft.judges.base import Judge, Verdict, build_judge
+from s3ft.errors import JudgeError
+from s3ft.judges.base import Judge, Verdict, build_judge, judge_options
 
 K = TypeVar("K")
 
 
+def _section_options(cfg: JudgeConfig) -> dict[str, Any]:
+    """The judge options that have keys of their own in the judge section."""
+    return {"qa": {"match": cfg.match}, "python": {"target": cfg.target}, "llm": {"settings": cfg.llm}}.get(cfg.kind, {})
+
+
+def check_judge_config(cfg: JudgeConfig) -> None:
+    """Refuse an unknown kind or option when the config loads, not after hours of generation."""
+    allowed = judge_options(cfg.kind) - set(_section_options(cfg))
+    if unknown := sorted(set(cfg.options) - allowed):
+        raise JudgeError(f"judge.options: unknown option(s) {', '.join(unknown)} for the '{cfg.kind}' judge; "
+                         f"allowed: {', '.join(sorted(allowed)) or 'none'}")
+
+
 def judge_from_config(cfg: JudgeConfig) -> Judge:
-    options: dict[str, Any] = {
-        "qa": {"match": cfg.match},
-        "python": {"target": cfg.target},
-        "llm": {"settings": cfg.llm},
-    }.get(cfg.kind, {})
-    return build_judge(cfg.kind, **options, **cfg.options)
+    return build_judge(cfg.kind, **_section_options(cfg), **cfg.options)
 
 
 def verdict_dict(verdict: Verdict) -> dict[str, Any]:

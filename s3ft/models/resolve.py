@@ -29,7 +29,8 @@ def resolve_model(cfg: ModelConfig) -> str:
         log.info("pretraining the demo's base model at %s (model.build_if_missing: demo; once, a few minutes)", local)
         return str(build_demo_model(local))
     if local.exists() or cfg.path.startswith((".", "/", "~")) or cfg.path.count("/") != 1:
-        raise ModelError(f"model.path '{cfg.path}': no Hugging Face model there (expected a folder with config.json)")
+        raise ModelError(f"model.path '{cfg.path}': no Hugging Face model there (expected a folder with config.json, "
+                         "or a hub id of the form org/name)")
     return _download(cfg.path)
 
 

@@ -1,13 +1,13 @@
-"""A tiny random Llama with a char-level tokenizer: smoke tests of a cluster without any download.
-
-head_dim is 64 because vLLM's CPU attention rejects smaller heads.
-"""
+"""A tiny random Llama with a char-level tokenizer: smoke tests of a cluster without any download."""
 
 from __future__ import annotations
 
 import string
 from pathlib import Path
 
+from s3ft.errors import ConfigError
+
+HEAD_DIM = 64
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
@@ -43,14 +43,18 @@ def build_tiny_model(
     *,
     hidden_size: int = 128,
     num_layers: int = 2,
-    num_heads: int = 2,
     max_position_embeddings: int = 2048,
     seed: int = 0,
 ) -> Path:
-    """Write a randomly initialised tiny Llama and its tokenizer to `path` (Hugging Face format)."""
+    """Write a randomly initialised tiny Llama and its tokenizer to `path` (Hugging Face format).
+
+    Heads are always HEAD_DIM wide: vLLM's attention kernels refuse smaller ones (16 is rejected)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    if hidden_size <= 0 or hidden_size % HEAD_DIM:
+        raise ConfigError(f"hidden size {hidden_size}: must be a positive multiple of {HEAD_DIM} (the head size vLLM accepts)")
+    num_heads = hidden_size // HEAD_DIM
     path = Path(path)
     tokenizer = build_char_tokenizer()
     config = LlamaConfig(
@@ -60,7 +64,7 @@ def build_tiny_model(
         num_hidden_layers=num_layers,
         num_attention_heads=num_heads,
         num_key_value_heads=num_heads,
-        head_dim=hidden_size // num_heads,
+        head_dim=HEAD_DIM,
         max_position_embeddings=max_position_embeddings,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

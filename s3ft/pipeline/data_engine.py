@@ -38,7 +38,10 @@ def run_data(cfg: Config) -> dict[str, Any]:
     generates = cfg.selection.strategy != "sft"
     model_path = resolve_model(cfg.model) if generates else None
     tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code) if model_path else None
-    load_key = [cfg.data, vars(templates), str(cfg.generation.shard_size)]
+    # The prompts decide this stage, not the paraphrase template (its own stage keys it) or the path of
+    # the template file (its content is in `templates`): editing either keeps the generated answers.
+    prompts = {k: v for k, v in vars(templates).items() if k != "paraphrase"}
+    load_key = [cfg.data.model_dump(mode="json", exclude={"prompt_template"}), prompts, str(cfg.generation.shard_size)]
     check = None
     if model_path:
         context = context_length(model_path, cfg.model.max_model_len)
