@@ -14,6 +14,7 @@ from typing import Any
 from s3ft.errors import S3FTError
 
 SET_HELP = "Override a config key, e.g. --set data.limit=100 --set generation.backend=hf (repeatable)."
+JUDGE_KINDS = ("code", "llm", "math", "python", "qa")  # what s3ft.judges registers (a test keeps them equal)
 
 
 def _config_command(sub: argparse._SubParsersAction, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -80,13 +81,17 @@ def build_parser() -> argparse.ArgumentParser:
     judge = sub.add_parser(
         "judge", help="Judge a JSONL file of responses.",
         description="Judge a JSONL file: each input row carries `response` plus what the judge needs (math: gold; "
-        "qa: answers or gold; ...). Each output row is the input plus `correct` and `reason`.",
+        "qa: answers or gold; code: HumanEval's prompt, test, entry_point or MBPP's test_list; llm: question and "
+        "answers or gold; python: what its function reads). Each output row is the input plus `correct` and "
+        "`reason`; the llm judge's summary adds its unparseable verdicts and, with an audit, the agreement.",
     )
-    judge.add_argument("kind", help="Judge kind: math, qa, or any registered kind.")
+    judge.add_argument("kind", help=f"Judge kind: {', '.join(JUDGE_KINDS)}.")
     judge.add_argument("--input", required=True, type=Path, help="JSONL rows to judge.")
     judge.add_argument("--output", required=True, type=Path, help="Where to write the judged rows (JSONL).")
-    judge.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="Judge settings, e.g. --set judge.match=contains.")
+    judge.add_argument("--set", dest="overrides", action="append", default=[], metavar="judge.KEY=VALUE",
+                       help="Judge settings (judge.* keys only), e.g. --set judge.match=contains, "
+                       "--set judge.options.timeout_s=5, --set judge.target=my_pkg.judges:check, "
+                       "--set judge.llm.model.path=/models/judge.")
     judge.set_defaults(func=cmd_judge)
 
     tiny = sub.add_parser(
@@ -183,14 +188,19 @@ def cmd_report(args: argparse.Namespace) -> None:
 def cmd_judge(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
-    from s3ft.config import JudgeConfig, apply_overrides, build_section
+    from s3ft.config import JudgeConfig, apply_overrides, build_section, parse_override
     from s3ft.data.sources import iter_records
-    from s3ft.errors import DataError
+    from s3ft.errors import ConfigError, DataError
     from s3ft.judges.run import judge_from_config, verdict_dict
     from s3ft.pipeline.shards import write_jsonl
+    from s3ft.selection import count_verdict, judge_stats
 
+    for item in args.overrides:
+        if (key := parse_override(item)[0])[0] != "judge":
+            raise ConfigError(f"--set {'.'.join(key)}: `s3ft judge` takes judge.* keys only (e.g. judge.match=contains)")
     settings = apply_overrides({"judge": {"kind": args.kind}}, args.overrides)
-    judge = judge_from_config(build_section(JudgeConfig, settings["judge"], "judge"))
+    cfg = build_section(JudgeConfig, settings["judge"], "judge")
+    judge = judge_from_config(cfg)
     if not args.input.is_file():
         raise DataError("no such file", file=str(args.input))
     counts: Counter[str] = Counter()
@@ -203,17 +213,24 @@ def cmd_judge(args: argparse.Namespace) -> None:
                     if record.row is None:
                         raise DataError(record.error or "unreadable row", file=record.file, line=record.line)
                 for record, verdict in zip(chunk, judge.judge_batch([r.row for r in chunk]), strict=True):
-                    counts["correct" if verdict.correct else "incorrect"] += 1
-                    counts["error"] += verdict.reason.startswith("error")
-                    yield {**record.row, **verdict_dict(verdict)}
+                    out = verdict_dict(verdict)
+                    counts["correct"] += verdict.correct
+                    count_verdict(out, counts)
+                    yield {**record.row, **out}
                 bar.update(len(chunk))
 
     try:
         total = write_jsonl(args.output, judged())
     finally:
         judge.close()
-    print(f"{total} rows judged: {counts['correct']} correct, {counts['incorrect']} incorrect "
-          f"({counts['error']} could not be judged) → {args.output}")
+    stats = judge_stats(counts)
+    print(f"{total} rows judged: {counts['correct']} correct, {total - counts['correct']} incorrect "
+          f"({stats['errors']} could not be judged) → {args.output}")
+    if cfg.kind == "llm" and cfg.llm is not None:
+        print(f"llm judge: {stats['unparseable']} unparseable verdict(s), counted as incorrect")
+        if audit := stats.get("audit"):
+            print(f"llm judge audit: agrees with the {cfg.llm.audit_with} judge on {100 * audit['agreement']:.1f}% "
+                  f"of {audit['rows']} rows")
 
 
 def cmd_init_tiny_model(args: argparse.Namespace) -> None:

@@ -84,12 +84,25 @@ def select_all(rows: Iterable[dict[str, Any]], strategy: str, counts: Counter[st
 def _count_verdicts(row: dict[str, Any], counts: Counter[str]) -> None:
     verdicts = [*row.get("verdicts", []), *([row["paraphrase_verdict"]] if row.get("paraphrase_verdict") else [])]
     for verdict in verdicts:
-        counts["verdicts"] += 1
-        counts["judge_errors"] += verdict["reason"].startswith("error")
-        counts["unparseable"] += verdict["reason"].startswith("unparseable")
-        if "audit" in verdict:
-            counts["audited"] += 1
-            counts["audit_agree"] += verdict["audit"] == verdict["correct"]
+        count_verdict(verdict, counts)
+
+
+def count_verdict(verdict: dict[str, Any], counts: Counter[str]) -> None:
+    """Count one verdict dict into what `judge_stats` reports (also `s3ft judge`'s summary)."""
+    counts["verdicts"] += 1
+    counts["judge_errors"] += verdict["reason"].startswith("error")
+    counts["unparseable"] += verdict["reason"].startswith("unparseable")
+    if "audit" in verdict:
+        counts["audited"] += 1
+        counts["audit_agree"] += verdict["audit"] == verdict["correct"]
+
+
+def judge_stats(counts: Counter[str]) -> dict[str, Any]:
+    """Verdicts, errors, unparseable LLM verdicts and, where audited, agreement with the rule judge."""
+    out: dict[str, Any] = {"verdicts": counts["verdicts"], "errors": counts["judge_errors"], "unparseable": counts["unparseable"]}
+    if counts["audited"]:
+        out["audit"] = {"rows": counts["audited"], "agreement": round(counts["audit_agree"] / counts["audited"], 4)}
+    return out
 
 
 def stats(strategy: str, counts: Counter[str], **extra: Any) -> dict[str, Any]:
@@ -100,12 +113,6 @@ def stats(strategy: str, counts: Counter[str], **extra: Any) -> dict[str, Any]:
         "examples": counts["examples"],
         **{s: counts[s] for s in SOURCES},
         "share": {s: round(counts[s] / total, 4) if total else 0.0 for s in SOURCES},
-        "judge": {
-            "verdicts": counts["verdicts"],
-            "errors": counts["judge_errors"],
-            "unparseable": counts["unparseable"],
-            **({"audit": {"rows": counts["audited"], "agreement": round(counts["audit_agree"] / counts["audited"], 4)}}
-               if counts["audited"] else {}),
-        },
+        "judge": judge_stats(counts),
         **extra,
     }

@@ -48,6 +48,79 @@ def test_user_mistakes_exit_2_with_a_plain_message(tmp_path: Path, capsys: pytes
     assert "data.colour: unknown key" in err and "Traceback" not in err
 
 
+def test_judge_code_runs_each_program_in_the_sandbox(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tests = ["assert add(1, 2) == 3", "assert add(-1, 1) == 0"]
+    rows = [
+        {"response": "Here it is:\n```python\ndef add(a, b):\n    return a + b\n```", "test_list": tests},
+        {"response": "[BEGIN]\n 'def add(a, b):\\n    return a - b' \n[DONE]", "test_list": tests},
+        {"response": "def add(a, b):\n    while True:\n        pass", "test_list": tests},
+    ]
+    src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ["judge", "code", "--input", str(src), "--output", str(dst), "--set", "judge.options.timeout_s=2"]
+    assert main(args) == 0
+    reasons = [json.loads(line)["reason"] for line in dst.read_text().splitlines()]
+    assert reasons == ["passed", "failed: AssertionError (line 4: assert add(1, 2) == 3)", "timeout"]
+    assert "3 rows judged: 1 correct, 2 incorrect (0 could not be judged)" in capsys.readouterr().out
+
+
+class EchoJudgeModel:
+    """Stands in for the judge model's engines and tokenizer: its reply is the prompt it was given."""
+
+    chat_template = "echo"
+
+    def apply_chat_template(self, messages: list[dict[str, str]], tokenize: bool, add_generation_prompt: bool) -> str:
+        return messages[-1]["content"]
+
+    def generate_shards(self, shards: list[tuple[int, list[str]]], sampling: object) -> list[tuple[int, list[list[str]]]]:
+        return [(key, [[prompt] for prompt in prompts]) for key, prompts in shards]
+
+
+def test_judge_llm_reports_unparseable_verdicts_and_the_audit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the prompt `{response}` and an echoing model, each response is its own verdict line."""
+    from s3ft.judges.llm import LLMJudge
+
+    monkeypatch.setattr(LLMJudge, "_engine", lambda self: (EchoJudgeModel(), EchoJudgeModel()))
+    rows = [
+        {"question": "q", "answers": ["yes"], "response": "yes"},  # llm correct, qa correct
+        {"question": "q", "gold": "yes", "response": "no"},  # both incorrect
+        {"question": "q", "gold": "hmm", "response": "hmm"},  # unparseable (incorrect); qa correct
+        {"question": "q", "gold": "no", "response": "yes"},  # llm correct, qa incorrect
+    ]
+    src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ["judge", "llm", "--input", str(src), "--output", str(dst), "--set", "judge.llm.model.path=unused",
+            "--set", 'judge.llm.template="{response}"', "--set", "judge.llm.audit_with=qa"]  # fmt: skip
+    assert main(args) == 0
+    assert [json.loads(line)["correct"] for line in dst.read_text().splitlines()] == [True, False, False, True]
+    out = capsys.readouterr().out
+    assert "4 rows judged: 2 correct, 2 incorrect (0 could not be judged)" in out
+    assert "llm judge: 1 unparseable verdict(s), counted as incorrect" in out
+    assert "llm judge audit: agrees with the qa judge on 50.0% of 4 rows" in out
+
+
+def test_judge_refuses_settings_outside_the_judge_section(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"response": "It was Paris", "answers": ["paris"]}) + "\n")
+    args = ["judge", "qa", "--input", str(src), "--output", str(tmp_path / "out.jsonl"), "--set", "match=contains"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--set match: `s3ft judge` takes judge.* keys only" in err and "Traceback" not in err
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_judge_help_lists_every_registered_kind(capsys: pytest.CaptureFixture[str]) -> None:
+    from s3ft.cli import JUDGE_KINDS
+    from s3ft.judges import JUDGES
+
+    assert sorted(JUDGE_KINDS) == sorted(JUDGES)
+    with pytest.raises(SystemExit):
+        main(["judge", "--help"])
+    assert "Judge kind: code, llm, math, python, qa." in " ".join(capsys.readouterr().out.split())
+
+
 def test_help_explains_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     for command in (["--help"], ["data", "--help"], ["judge", "--help"], ["init-tiny-model", "--help"]):
         with pytest.raises(SystemExit) as exc:

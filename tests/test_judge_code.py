@@ -8,6 +8,7 @@ prompt, bare code). Hostile programs live in test_sandbox.py.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 
 from s3ft.judges import build_judge
-from s3ft.judges.code import CodeJudge, build_program, extract_code
+from s3ft.judges.code import CodeJudge, build_program, extract_code, usable_cpus
 from tests.paths import shared_file
 
 # Three MBPP-style problems: (right code, buggy code, test_list, test_setup_code).
@@ -143,7 +144,7 @@ def test_every_humaneval_canonical_solution_passes_and_every_planted_bug_fails(h
 @pytest.mark.slow
 def test_64_programs_run_side_by_side_and_queueing_never_counts_as_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
     """64 one-second sleepers, 16 at a time, each with a 3 s timeout: one after another they need 64 s,
-    side by side about 4 rounds of 1 s (sleep uses no CPU, so 16 fit on 2 cores). The whole batch far
+    side by side about 4 rounds of 1 s (sleep uses no CPU, so 16 fit on 2 cores). The whole batch
     outlasts one program's timeout, yet no program times out: the clock starts when the program does.
     This measures the local pool, so the session's Ray cluster (if an earlier test started it) is hidden."""
     monkeypatch.setitem(sys.modules, "ray", None)
@@ -153,6 +154,26 @@ def test_64_programs_run_side_by_side_and_queueing_never_counts_as_timeout(monke
     elapsed = time.monotonic() - start
     assert [v.reason for v in verdicts] == ["passed"] * 64
     assert 4 * 1.0 <= elapsed < 64 * 1.0 / 4, elapsed  # at least 4 programs at once, on average
+
+
+@pytest.mark.slow
+def test_64_programs_on_the_default_pool_finish_within_one_programs_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The issue's budget: 64 quick programs, judged with the default pool size and timeout, all done
+    before a single program would time out. The local pool, so the session's Ray cluster is hidden."""
+    monkeypatch.setitem(sys.modules, "ray", None)
+    judge = CodeJudge()
+    rows = [mbpp_row(fenced(code), tests, setup) for code, _, tests, setup in MBPP] * 22
+    start = time.monotonic()
+    verdicts = judge.judge_batch(rows[:64])
+    elapsed = time.monotonic() - start
+    assert [v.reason for v in verdicts] == ["passed"] * 64
+    assert judge.num_workers == usable_cpus() and elapsed < judge.timeout_s, elapsed
+
+
+def test_the_default_pool_is_one_worker_per_cpu_this_process_may_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert CodeJudge().num_workers == len(os.sched_getaffinity(0)) == usable_cpus()
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3})  # pinned to one CPU of many (taskset, Slurm)
+    assert CodeJudge().num_workers == 1 and CodeJudge(num_workers=5).num_workers == 5
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from s3ft.cli import main
-from s3ft.judges.llm import parse_verdict
+from s3ft.judges.llm import DEFAULT_TEMPLATE, LLMJudge, judge_request, parse_verdict
 from tests.paths import shared_file
 
 
@@ -38,7 +38,7 @@ TEMPLATE = "J {question} | {gold} | {response}"
 
 
 @pytest.mark.slow
-def test_llm_judge_end_to_end_on_nq_open(tmp_path: Path, ray_session: None) -> None:
+def test_llm_judge_end_to_end_on_nq_open(tmp_path: Path, ray_session: None, capsys: pytest.CaptureFixture[str]) -> None:
     from s3ft.models.resolve import load_tokenizer, render_prompt
     from s3ft.models.tiny import build_tiny_model
     from tests.tiny_training import memorize
@@ -76,3 +76,41 @@ def test_llm_judge_end_to_end_on_nq_open(tmp_path: Path, ray_session: None) -> N
     assert out[3]["reason"].startswith("error: missing field")
     # the audit: the qa rule judge's verdict on the same rows (exact match)
     assert [r.get("audit") for r in out] == [True, False, False, None]
+    printed = capsys.readouterr().out
+    assert "llm judge: 1 unparseable verdict(s)" in printed
+    assert "llm judge audit: agrees with the qa judge on 100.0% of 3 rows" in printed
+
+
+class EchoTokenizer:
+    """A chat template that is the user's message itself."""
+
+    chat_template = "echo"
+
+    def apply_chat_template(self, messages: list[dict[str, str]], tokenize: bool, add_generation_prompt: bool) -> str:
+        return messages[-1]["content"]
+
+
+class GoldReadingPool:
+    """A stand-in judge model: 'correct' when the prediction is one of the gold answers it was shown."""
+
+    def generate_shards(self, shards: list[tuple[int, list[str]]], sampling: object) -> list[tuple[int, list[list[str]]]]:
+        def reply(prompt: str) -> str:
+            fields = dict(line.split(": ", 1) for line in prompt.splitlines() if ": " in line)
+            return "correct" if fields["Predicted answer"] in fields["Gold answer"].split(" | ") else "incorrect"
+
+        return [(key, [[reply(p)] for p in prompts]) for key, prompts in shards]
+
+
+def test_a_row_with_answers_and_no_gold_is_judged_against_every_answer() -> None:
+    judge = LLMJudge({"model": {"path": "unused"}})
+    judge._pool, judge._tokenizer = GoldReadingPool(), EchoTokenizer()  # the engine seam: no model to start
+    rows = [
+        {"question": "Where is the Louvre?", "answers": ["Paris", "the City of Light"], "response": "the City of Light"},
+        {"question": "Where is the Louvre?", "answers": ["Paris", "the City of Light"], "response": "Lyon"},
+        {"question": "Where is the Louvre?", "gold": "Paris", "response": "Paris"},
+        {"question": "Where is the Louvre?", "response": "Paris"},
+    ]
+    assert "Gold answer: Paris | the City of Light\n" in judge_request(DEFAULT_TEMPLATE, rows[0])
+    verdicts = judge.judge_batch(rows)
+    assert [v.correct for v in verdicts] == [True, False, True, False]
+    assert verdicts[3].reason == "error: missing field(s) answers or gold"

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from s3ft.config import JudgeConfig
 from s3ft.errors import JudgeError
 from s3ft.judges import Verdict, build_judge
 from s3ft.judges.python_fn import PythonJudge
+from s3ft.judges.run import judge_from_config
 
 USER_MODULE = '''
 from s3ft.judges import Verdict
@@ -111,3 +113,12 @@ def test_a_target_that_cannot_be_loaded_is_a_judge_error(user_module: str, targe
     with pytest.raises(JudgeError) as raised:
         PythonJudge(target)
     assert says in str(raised.value) and f"'{target}'" in str(raised.value)
+
+
+def test_the_judge_section_builds_it_from_a_module_on_the_path(user_module: str) -> None:
+    """`judge: {kind: python, target: ...}` as a config gives it; on a cluster the module must be
+    importable on every node (installed, or on PYTHONPATH through the job's runtime env)."""
+    cfg = JudgeConfig.model_validate({"kind": "python", "target": f"{user_module}:as_pair"})
+    judge = judge_from_config(cfg)
+    assert isinstance(judge, PythonJudge)
+    assert judge.judge_batch(ROWS) == [Verdict(True, "same"), Verdict(False, "expected 4")]

@@ -7,11 +7,15 @@ come out untouched. A mechanism this host lacks (docs/sandbox.md) skips the test
 
 from __future__ import annotations
 
+import functools
 import os
+import pwd
 import resource
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -21,7 +25,8 @@ import pytest
 from s3ft.judges.base import Verdict
 from s3ft.judges.code import CodeJudge, verdict_of
 from s3ft.sandbox import run_program
-from s3ft.sandbox.jail import UID_BASE
+from s3ft.sandbox.runner import MAX_PROCESSES
+from s3ft.sandbox.uids import NOBODY, SLOTS, UID_BASE, candidates, lease_uid
 
 
 @pytest.fixture(scope="module")
@@ -43,14 +48,17 @@ def judged(code: str, **options: float) -> Verdict:
 
 
 def sandbox_pids() -> list[int]:
-    """Host processes running as a sandbox uid (root hosts give each program a uid of its own)."""
+    """Live host processes running as a sandbox uid (root hosts give each program a uid of its own).
+
+    Zombies are dead: a killed orphan stays one until the host's pid 1 reaps it, which may take a while.
+    """
     pids = []
     for status in Path("/proc").glob("[0-9]*/status"):
         try:
-            uid = int(next(line for line in status.read_text().splitlines() if line.startswith("Uid:")).split()[1])
-        except (OSError, StopIteration):
+            fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+        except OSError:
             continue
-        if uid >= UID_BASE:
+        if int(fields["Uid"].split()[0]) >= UID_BASE and not fields["State"].strip().startswith("Z"):
             pids.append(int(status.parent.name))
     return pids
 
@@ -111,6 +119,89 @@ def test_a_fork_bomb_is_contained_and_leaves_nothing(isolation: tuple[str, ...])
     if "uid" in isolation:
         assert sandbox_pids() == []
     assert os.getpid() > 0 and Path("/proc/self").exists()  # we are still here
+
+
+FORK_AND_COUNT = """
+import os, time
+forked = 0
+for _ in range(200):
+    try:
+        pid = os.fork()
+    except OSError:
+        break
+    if pid == 0:
+        time.sleep(60)
+        os._exit(0)
+    forked += 1
+print(forked)
+"""
+
+
+@pytest.mark.parametrize("namespaces", [True, False], ids=["namespaces", "fallback"])
+@pytest.mark.parametrize("cgroups", [True, False], ids=["cgroups", "no-cgroups"])
+def test_a_program_cannot_start_more_processes_than_its_limit(
+    namespaces: bool, cgroups: bool, isolation: tuple[str, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without cgroups only RLIMIT_NPROC bounds the count, and root ignores it: the bound holds as root
+    only because the program runs as a uid of its own (or in a user namespace)."""
+    if "uid" not in isolation and not (namespaces and "user-ns" in isolation):
+        pytest.skip("RLIMIT_NPROC counts every process of this user here (kind D in docs/sandbox.md)")
+    if not cgroups:
+        monkeypatch.setattr("s3ft.sandbox.cgroup._own_dirs", dict)
+    result = run_program(FORK_AND_COUNT, timeout_s=20, namespaces=namespaces)
+    assert result.returncode == 0, result
+    if not cgroups:
+        assert "cgroup-pids" not in result.isolation and {"uid", "user-ns"} & set(result.isolation)
+    assert 0 < int(result.stdout) < MAX_PROCESSES
+    assert sandbox_pids() == []  # the sleeping children died with the program
+
+
+def test_cpu_time_is_limited_across_all_threads_and_judged_a_timeout() -> None:
+    busy = (
+        "import hashlib, threading\n"
+        "block = bytes(1 << 20)\n"
+        "def spin():\n"
+        "    while True:\n"
+        "        hashlib.sha256(block).digest()  # releases the GIL: the threads burn CPU side by side\n"
+        "for _ in range(3):\n"
+        "    threading.Thread(target=spin, daemon=True).start()\n"
+        "spin()\n"
+    )
+    result = run_program(busy, timeout_s=60, cpu_s=2)
+    assert result.signal == signal.SIGXCPU and not result.timed_out, result
+    assert verdict_of(result, nonce="").reason == "timeout"
+
+
+WRITE_FILES = """
+import errno, os
+chunk = b"x" * (1 << 20)
+for name in {names!r}:
+    try:
+        with open(name, "wb") as f:
+            for _ in range({mib}):
+                f.write(chunk)
+    except OSError as e:
+        print(name, errno.errorcode[e.errno])
+print(*(os.path.getsize(name) for name in {names!r}))
+"""
+
+
+@pytest.mark.parametrize("namespaces", [True, False], ids=["namespaces", "fallback"])
+def test_a_file_cannot_grow_past_disk_mb(namespaces: bool) -> None:
+    result = run_program(WRITE_FILES.format(names=["big"], mib=16), timeout_s=20, disk_mb=4, namespaces=namespaces)
+    assert result.returncode == 0, result
+    failed, size = result.stdout.splitlines()
+    assert failed in ("big EFBIG", "big ENOSPC") and int(size) <= 4 << 20
+
+
+def test_all_files_together_stay_within_disk_mb_in_a_mount_namespace(isolation: tuple[str, ...]) -> None:
+    needs(isolation, "private-tmp")
+    files = WRITE_FILES.format(names=["a", "b", "c"], mib=3)
+    result = run_program(files, timeout_s=20, disk_mb=4)
+    assert result.returncode == 0, result
+    *failed, sizes = result.stdout.splitlines()
+    assert failed and all(line.endswith("ENOSPC") for line in failed)
+    assert sum(map(int, sizes.split())) <= 4 << 20
 
 
 def test_allocating_many_gib_fails_inside_the_sandbox_only() -> None:
@@ -246,6 +337,49 @@ def test_the_fallback_without_namespaces_still_limits_and_cleans_up(isolation: t
     result = run_program("import os\nprint(os.getcwd())", timeout_s=10, namespaces=False)
     assert result.returncode == 0 and "pid-ns" not in result.isolation
     assert not Path(result.stdout.strip()).exists()  # its temp dir, removed
+
+
+def test_uids_come_from_a_block_of_their_own_or_the_top_of_a_containers_map() -> None:
+    assert candidates([(0, 1 << 32)]) == list(range(UID_BASE, UID_BASE + SLOTS))
+    container = candidates([(0, 65536)])
+    assert len(container) == SLOTS and max(container) < NOBODY
+    assert not set(container) & {user.pw_uid for user in pwd.getpwall()}
+    assert candidates([(0, 1000)]) == []  # nothing left that is not a user's: no sandbox, rather than a shared uid
+
+
+def test_a_uid_is_leased_to_one_sandbox_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("only a root judge leases uids")
+    monkeypatch.setattr("s3ft.sandbox.uids.candidates", lambda ranges: [61000, 61001])
+    with lease_uid() as first, lease_uid() as second:
+        assert {first, second} == {61000, 61001}
+        with pytest.raises(OSError, match="no sandbox uid is free"), lease_uid():
+            pass
+    with lease_uid() as again:
+        assert again in (61000, 61001)
+
+
+def test_in_a_container_mapping_few_uids_one_programs_end_kills_no_other(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A root judge in a user namespace that maps uids 0..65535 only (a rootless container), without a
+    pid namespace: every program must still get a uid of its own. Were two to share one (`nobody`), the
+    quick programs' cleanup, which kills every process of their uid, would kill the slow one and any
+    host process running as that uid."""
+    if os.geteuid() != 0:
+        pytest.skip("only a root judge drops programs to a uid of their own")
+    monkeypatch.setattr("s3ft.sandbox.uids.mapped_ranges", lambda: [(0, 65536)])
+    monkeypatch.setattr("s3ft.judges.code.run_program", functools.partial(run_program, namespaces=False))
+    monkeypatch.setitem(sys.modules, "ray", None)  # the local pool, where the patches above apply
+    host_nobody = subprocess.Popen(["sleep", "60"], user=NOBODY, group=NOBODY, extra_groups=[])
+    own_uid = f"import os\nassert 0 < os.getuid() < {NOBODY}, os.getuid()\n"
+    slow = own_uid + "import time\ntime.sleep(3)\n"
+    try:
+        rows = [{"response": code, "test_list": ["assert True"]} for code in [slow] + [own_uid] * 4]
+        verdicts = CodeJudge(timeout_s=20, num_workers=2).judge_batch(rows)
+        assert [v.reason for v in verdicts] == ["passed"] * 5
+        assert host_nobody.poll() is None  # still running
+    finally:
+        host_nobody.kill()
+        host_nobody.wait()
 
 
 UNPRIVILEGED = """

@@ -159,6 +159,13 @@ def judge_programs(programs: Sequence[Program], timeout_s: float, memory_mb: int
         return list(pool.map(one, programs))
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on: a Slurm or container CPU set is often far smaller than the machine."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def _warn_if_weak(isolation: tuple[str, ...]) -> None:
     missing = tuple(m for m in _WEAK if m not in isolation)
     if missing and isolation:
@@ -175,7 +182,7 @@ def _warn_once(missing: tuple[str, ...], isolation: tuple[str, ...]) -> None:
 
 @register("code")
 class CodeJudge(Judge):
-    """Runs each row's program against its tests; `num_workers=0` means one per CPU.
+    """Runs each row's program against its tests; `num_workers=0` means one per CPU this process may use.
 
     With a Ray cluster up (`ray.is_initialized()`), rows go out as Ray tasks over chunks so programs
     run on every node's CPUs; without one, a local pool of `num_workers` runs them. Both keep the
@@ -187,7 +194,7 @@ class CodeJudge(Judge):
 
     def __init__(self, timeout_s: float = 10.0, memory_mb: int = 1024, num_workers: int = 0) -> None:
         self.timeout_s, self.memory_mb = float(timeout_s), int(memory_mb)
-        self.num_workers = int(num_workers) or os.cpu_count() or 1
+        self.num_workers = int(num_workers) or usable_cpus()
 
     def missing_fields(self, row: Mapping[str, Any]) -> Verdict | None:
         if (verdict := super().missing_fields(row)) is not None or row.get("test_list") is not None:

@@ -15,8 +15,9 @@ from s3ft.config import LLMJudgeConfig
 from s3ft.data.prompts import render
 from s3ft.generation.base import Sampling
 from s3ft.judges.base import Judge, Verdict, build_judge, register
+from s3ft.judges.qa import gold_answers
 
-DEFAULT_TEMPLATE = """You are grading a predicted answer to a question against the gold answer. The prediction is correct if it gives the same answer as the gold, even in other words; it is incorrect if it gives another answer, no answer, or several conflicting ones.
+DEFAULT_TEMPLATE = """You are grading a predicted answer to a question against the gold answer. The prediction is correct if it gives the same answer as the gold, even in other words (where several gold answers are given, separated by " | ", matching any one is enough); it is incorrect if it gives another answer, no answer, or several conflicting ones.
 
 Question: {question}
 Gold answer: {gold}
@@ -42,9 +43,14 @@ def parse_verdict(reply: str) -> bool | None:
     return None
 
 
+def judge_request(template: str, row: Mapping[str, Any]) -> str:
+    """What the judge model reads: with several accepted answers (NQ-open's `answers`), the gold is all of them."""
+    return render(template, {"question": row["question"], "gold": " | ".join(gold_answers(row)), "response": row["response"]})
+
+
 @register("llm")
 class LLMJudge(Judge):
-    required_fields = ("response", "question", "gold")
+    required_fields = ("response", "question")  # and `answers` or `gold`: see missing_fields
     runs_in_driver = True  # it owns engines; whole shards come to it
 
     def __init__(self, settings: LLMJudgeConfig | Mapping[str, Any]):
@@ -55,6 +61,13 @@ class LLMJudge(Judge):
         self._stack = contextlib.ExitStack()
         self._pool: Any = None
         self._tokenizer: Any = None
+
+    def missing_fields(self, row: Mapping[str, Any]) -> Verdict | None:
+        if (verdict := super().missing_fields(row)) is not None:
+            return verdict
+        if row.get("answers") is None and row.get("gold") is None:
+            return Verdict(False, "error: missing field(s) answers or gold")
+        return None
 
     def judge_batch(self, rows: Sequence[Mapping[str, Any]]) -> list[Verdict]:
         verdicts: list[Verdict | None] = [self.missing_fields(row) for row in rows]
@@ -79,10 +92,7 @@ class LLMJudge(Judge):
     def _prompt(self, row: Mapping[str, Any]) -> str:
         from s3ft.models.resolve import render_prompt
 
-        answers = row.get("answers")
-        gold = " | ".join(answers) if isinstance(answers, list) and answers else row["gold"]
-        text = render(self.template, {"question": row["question"], "gold": gold, "response": row["response"]})
-        return render_prompt(self._engine()[1], [{"role": "user", "content": text}])
+        return render_prompt(self._engine()[1], [{"role": "user", "content": judge_request(self.template, row)}])
 
     def _ask(self, prompts: list[str]) -> list[str]:
         gen = self.settings.generation

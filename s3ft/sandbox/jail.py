@@ -8,7 +8,8 @@ status pipe (`applied pid-ns net-ns ...`), so `SandboxResult.isolation` says wha
 text lines and argv, not JSON: importing `json` (and `re` with it) would double the jail's start-up.
 
 `jail.py --sweep UID` kills every process of a sandbox uid: the runner's last resort on hosts
-without pid namespaces, where a double-forked daemon outlives the program's process group.
+without pid namespaces, where a double-forked daemon outlives the program's process group. It is
+sound because the runner leases each running program a uid of its own (`s3ft/sandbox/uids.py`).
 """
 
 from __future__ import annotations
@@ -28,12 +29,10 @@ AT_FDCWD, AT_RECURSIVE = -100, 0x8000
 OPEN_TREE_CLONE, MOVE_MOUNT_F_EMPTY_PATH = 0x1, 0x4
 SYS_OPEN_TREE, SYS_MOVE_MOUNT, SYS_MOUNT_SETATTR = 428, 429, 442  # the same on every arch but alpha
 PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
-UID_BASE = 1_000_000_000  # sandbox uid = UID_BASE + the jail's host pid: unique among live sandboxes
-NOBODY = 65534
 WORKDIR = "/tmp"  # the program's private tmpfs, where there is a mount namespace
 HIDDEN = ("/var/tmp", "/dev/shm", "/run", "/root")  # world-writable or private host dirs: shown empty
 SYSTEM_PYTHONS = ("/usr/bin/python3", "/usr/local/bin/python3")
-INT_KEYS = ("cpu_s", "memory_bytes", "disk_bytes", "processes", "namespaces", "status_fd", "parent")
+INT_KEYS = ("cpu_s", "memory_bytes", "disk_bytes", "processes", "namespaces", "status_fd", "parent", "uid")
 
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
@@ -84,7 +83,7 @@ def reachable(path: str) -> bool:
 
 
 def report(status: int, *words: object) -> None:
-    """One status line for the runner: `applied ...`, `uid N`, `started`, `returncode N`, `signal N`, `error ...`."""
+    """One status line for the runner: `applied ...`, `started`, `returncode N`, `signal N`, `error ...`."""
     os.write(status, (" ".join(map(str, words)) + "\n").encode())
 
 
@@ -115,14 +114,11 @@ def enter_namespaces(cfg: dict) -> list[str]:
     return ["user-ns"] * userns + ["pid-ns", "net-ns", "mount-ns", "ipc-ns"]
 
 
-def sandbox_uid(namespaces: list[str]) -> int | None:
-    """A uid of the program's own when we are root and the host maps it, else nobody; None if not root."""
+def sandbox_uid(cfg: dict, namespaces: list[str]) -> int | None:
+    """The uid the runner leased for the program (root only); None in a user namespace, which drops privileges itself."""
     if os.geteuid() != 0 or "user-ns" in namespaces:
         return None
-    uid = UID_BASE + os.getpid()
-    with open("/proc/self/uid_map") as f:
-        ranges = [tuple(map(int, line.split())) for line in f]
-    return uid if any(inner <= uid < inner + count for inner, _, count in ranges) else NOBODY
+    return cfg.get("uid")
 
 
 def build_filesystem(cfg: dict, uid: int | None) -> list[str]:
@@ -208,8 +204,6 @@ def init(cfg: dict, namespaces: list[str], uid: int | None, outer_alive: int) ->
             os.chown(path, uid, uid)
         applied.append("uid")
     report(status, "applied", *applied, "rlimits")
-    if uid is not None:
-        report(status, "uid", uid)
     program = os.fork()
     if program == 0:
         try:
@@ -257,7 +251,7 @@ def main() -> None:
         os._exit(1)
     joined = join_cgroups(cfg)
     namespaces = enter_namespaces(cfg)
-    uid = sandbox_uid(namespaces)
+    uid = sandbox_uid(cfg, namespaces)
     report(cfg["status_fd"], "applied", *joined, *namespaces)
     alive_r, alive_w = os.pipe()
     child = os.fork()

@@ -1,9 +1,9 @@
 """Run one untrusted Python program in the sandbox and collect what it did, within bounds.
 
-The host side: a fresh temp dir and cgroup per program, the jail (`jail.py`) started without a
-shell, its output read through pipes with a byte cap, a wall-clock deadline, and at the end every
-process of the program killed and the temp dir and cgroup removed. What each mechanism guarantees,
-and what stands in where the host lacks one, is in docs/sandbox.md.
+The host side: a fresh temp dir, cgroup and (as root) leased uid per program, the jail (`jail.py`)
+started without a shell, its output read through pipes with a byte cap, a wall-clock deadline, and
+at the end every process of the program killed and the temp dir and cgroup removed. What each
+mechanism guarantees, and what stands in where the host lacks one, is in docs/sandbox.md.
 """
 
 from __future__ import annotations
@@ -20,10 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from s3ft.sandbox.cgroup import Cgroup
+from s3ft.sandbox.uids import lease_uid
 
 JAIL = str(Path(__file__).with_name("jail.py"))
 SETUP_TIMEOUT_S = 30.0  # namespaces, mounts and two interpreter starts, on a loaded machine
 JAIL_HEADROOM = 64 << 20  # the jail's own two small processes share the cgroup's memory limit
+MAX_PROCESSES = 32  # per program: its pids cgroup, and RLIMIT_NPROC on its own uid
 
 
 @dataclass(frozen=True)
@@ -49,8 +51,9 @@ def run_program(
     source: str,
     *,
     timeout_s: float = 10.0,
+    cpu_s: int | None = None,
     memory_mb: int = 1024,
-    max_processes: int = 32,
+    max_processes: int = MAX_PROCESSES,
     disk_mb: int = 64,
     max_output_bytes: int = 1 << 20,
     python: str | None = None,
@@ -58,7 +61,9 @@ def run_program(
 ) -> SandboxResult:
     """Run `source` as `python -I -S -B prog.py` in a fresh sandbox; never raises for what the program does.
 
-    `namespaces=False` skips the namespaces (the fallback a host without them gets; for tests).
+    `cpu_s` is each process's CPU-time limit (default: the timeout + 1 s); `namespaces=False` skips
+    the namespaces (the fallback a host without them gets; for tests). Raises OSError only when the
+    host cannot start a sandbox (no free uid, no processes or disk left).
     """
     workdir = tempfile.mkdtemp(prefix="s3ft-sandbox-")
     cgroup = Cgroup((memory_mb << 20) + JAIL_HEADROOM, max_processes)
@@ -68,14 +73,15 @@ def run_program(
             "source_dir": workdir,
             "python": python or default_python(),
             "home": os.path.expanduser("~"),
-            "cpu_s": int(timeout_s) + 1,
+            "cpu_s": int(timeout_s) + 1 if cpu_s is None else cpu_s,
             "memory_bytes": memory_mb << 20,
             "disk_bytes": disk_mb << 20,
             "processes": max_processes,
             "namespaces": int(namespaces),
         }
         args = [f"{k}={v}" for k, v in config.items()] + [f"cgroup={c}:{p}" for c, p in cgroup.procs.items()]
-        return _Run(workdir, cgroup, timeout_s, max_output_bytes).wait(args)
+        with lease_uid() as uid:  # held until every process of the uid is dead: see uids.py
+            return _Run(workdir, cgroup, timeout_s, max_output_bytes, uid).wait(args)
     finally:
         cgroup.remove()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -84,9 +90,9 @@ def run_program(
 class _Run:
     """One jail process and its three pipes: stdout, stderr, and the jail's status lines."""
 
-    def __init__(self, workdir: str, cgroup: Cgroup, timeout_s: float, max_output_bytes: int) -> None:
+    def __init__(self, workdir: str, cgroup: Cgroup, timeout_s: float, max_output_bytes: int, uid: int | None) -> None:
         self.cgroup, self.timeout_s, self.cap = cgroup, timeout_s, max_output_bytes
-        self.workdir = workdir
+        self.workdir, self.uid = workdir, uid
         self.status: dict = {"applied": []}
         self.out = {"stdout": bytearray(), "stderr": bytearray()}
         self.started: float | None = None
@@ -96,7 +102,8 @@ class _Run:
     def wait(self, args: list[str]) -> SandboxResult:
         status_r, status_w = os.pipe()
         proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-B", JAIL, *args, f"status_fd={status_w}", f"parent={os.getpid()}"],
+            [sys.executable, "-I", "-S", "-B", JAIL, *args, *([f"uid={self.uid}"] if self.uid is not None else []),
+             f"status_fd={status_w}", f"parent={os.getpid()}"],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             pass_fds=(status_w,), start_new_session=True, cwd=self.workdir,
             env={"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"},
@@ -156,22 +163,21 @@ class _Run:
         word, _, rest = line.decode("utf-8", "replace").partition(" ")
         if word == "applied":
             self.status["applied"] += rest.split()
-        elif word in ("uid", "returncode", "signal") and rest.isdigit():
+        elif word in ("returncode", "signal") and rest.isdigit():
             self.status[word] = int(rest)
         elif word in ("started", "error"):
             self.status[word] = rest
 
     def _kill(self, proc: subprocess.Popen) -> None:
         """End everything the program started: its process group, its pid namespace (pid 1 dies with
-        the jail), and where there was no pid namespace, every process of its uid."""
+        the jail), and where there was no pid namespace, every process of its leased uid."""
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         proc.wait()
-        uid = self.status.get("uid")
-        if uid is not None and "pid-ns" not in self.status["applied"]:
-            subprocess.run([sys.executable, "-I", "-S", "-B", JAIL, "--sweep", str(uid)], env={}, check=False)
+        if self.uid is not None and "pid-ns" not in self.status["applied"]:
+            subprocess.run([sys.executable, "-I", "-S", "-B", JAIL, "--sweep", str(self.uid)], env={}, check=False)
 
     def _result(self) -> SandboxResult:
         s = self.status
