@@ -212,8 +212,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench_trainer_") as tmp:
         work = Path(tmp)
-        build_tiny_model(work / "model", hidden_size=args.hidden, num_layers=args.layers,
-                         num_heads=max(1, args.hidden // 64))
+        build_tiny_model(work / "model", hidden_size=args.hidden, num_layers=args.layers)
         (work / "ours" / "data").mkdir(parents=True)
         rows = make_rows(args.rows)
         (work / "ours" / "data" / "merged.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -42,7 +43,7 @@ def tokenizer():
 def tiny_model_dir(tmp_path_factory):
     from s3ft.models.tiny import build_tiny_model
 
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", hidden_size=64, num_layers=1, num_heads=1)
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", hidden_size=64, num_layers=1)
 
 
 def test_prompt_is_the_generation_prompt_and_target_ends_with_eos(tokenizer, tmp_path):
@@ -215,9 +216,14 @@ def test_train_config_validates():
     with pytest.raises(ValueError, match="extra"):
         TrainConfig(learning_rate=1.0)
     assert all(f.description for f in TrainConfig.model_fields.values())
+    for kernel in ("sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3"):
+        assert TrainConfig(attn_implementation=kernel).attn_implementation == kernel
+    for kernel in ("paged|flash_attention_2", "sdpa_paged", "my_kernel"):
+        with pytest.raises(ValueError, match=f"attn_implementation '{kernel}' cannot keep packed rows apart"):
+            TrainConfig(attn_implementation=kernel)
 
 
-def test_errors_come_before_any_rank_starts(tiny_model_dir, tmp_path):
+def test_errors_come_before_any_rank_starts(tiny_model_dir, tmp_path, monkeypatch):
     from s3ft.train import train
 
     cfg = TrainConfig(launcher="local", max_seq_len=16, micro_batch_tokens=64)
@@ -231,7 +237,18 @@ def test_errors_come_before_any_rank_starts(tiny_model_dir, tmp_path):
         train(tmp_path, str(tiny_model_dir), cfg)
     with pytest.raises(ConfigError, match="bf16"):
         train(tmp_path, str(tiny_model_dir), cfg.model_copy(update={"bf16": True, "use_gpu": False}))
+    longer = cfg.model_copy(update={"max_seq_len": 4096, "micro_batch_tokens": 4096})
+    with pytest.raises(ConfigError, match=r"max_seq_len=4096 exceeds the model's context \(2048 tokens\)"):
+        train(tmp_path, str(tiny_model_dir), longer)
+    ds = tmp_path / "ds.json"
+    ds.write_text(json.dumps({"zero_optimization": {"stage": 3}, "gradient_accumulation_steps": 2}))
+    with pytest.raises(ConfigError, match="gradient_accumulation_steps is 2 .* but train.grad_accum gives 1"):
+        train(tmp_path, str(tiny_model_dir), cfg.model_copy(update={"deepspeed": str(ds)}))
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed
+    with pytest.raises(ConfigError, match="wandb package is not installed: pip install wandb"):
+        train(tmp_path, str(tiny_model_dir), cfg.model_copy(update={"report_to": ["jsonl", "wandb"]}))
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "model").exists()
+    assert not (tmp_path / "logs").exists() and not (tmp_path / "train").exists()
 
 
 def test_cli_reads_an_experiment_yaml_or_a_train_section(tmp_path):
@@ -254,3 +271,20 @@ def test_cli_reads_an_experiment_yaml_or_a_train_section(tmp_path):
     with pytest.raises(ConfigError, match="train.max_step: Extra inputs"):
         load_train_settings(parse_args(["--config", str(section), "--run-dir", "r", "--model", "p"]))
     assert main(["--config", str(section), "--run-dir", "r", "--model", "p"]) == 2  # printed, no traceback
+
+
+def test_cli_takes_the_config_positionally_as_launchers_pass_it(tmp_path):
+    """`python -m s3ft.train CONFIG`, also as the deepspeed launcher runs it (`--local_rank=N` first)."""
+    import yaml
+
+    from s3ft.train.__main__ import load_train_settings, parse_args
+
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "run"), "model": {"path": "m"},
+                                   "train": {"lr": 1e-4, "max_steps": 7}}))
+    for argv in ([str(exp)], ["--local_rank=3", str(exp)], [str(exp), "--set", "max_steps=7"],
+                 [str(exp), "--config", str(exp)]):
+        run_dir, model, cfg = load_train_settings(parse_args(argv))
+        assert (run_dir, model, cfg.lr, cfg.max_steps) == (tmp_path / "run", "m", 1e-4, 7)
+    with pytest.raises(SystemExit):
+        parse_args([str(exp), "--config", str(tmp_path / "other.yaml")])

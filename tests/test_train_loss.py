@@ -1,15 +1,18 @@
-"""The loss itself, on a plain tiny Llama (no DeepSpeed): packing changes nothing, prompts carry no loss."""
+"""The loss itself, on a plain tiny Llama (no DeepSpeed): packing changes nothing (flash-attention layout
+included), prompts carry no loss; and the model as load_model builds it."""
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from s3ft.train.batching import IGNORE, collate, packed, padded
-from s3ft.train.model import lr_lambda, nll_sum
+from s3ft.train.batching import IGNORE, collate, flatten, packed, padded
+from s3ft.train.config import TrainConfig
+from s3ft.train.model import load_model, lr_lambda, nll_sum
 from s3ft.train.tokenize import tokenize_rows
 
 ROWS = [
@@ -34,7 +37,7 @@ def setup(tmp_path_factory):
     tokenizer = AutoTokenizer.from_pretrained(path)
     data, _ = tokenize_rows(tokenizer, merged, max_seq_len=128, truncation="error")
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa").eval()
-    return model, tokenizer, data
+    return model, tokenizer, data, path
 
 
 def mean_loss(model, data, micro_batches, pad_id):
@@ -47,7 +50,7 @@ def mean_loss(model, data, micro_batches, pad_id):
 
 
 def test_packed_and_unpacked_give_the_same_loss(setup):
-    model, tokenizer, data = setup
+    model, tokenizer, data, _ = setup
     pad = tokenizer.pad_token_id
     with torch.no_grad():
         one_sequence = mean_loss(model, data, [packed([0, 1, 2, 3])], pad)
@@ -61,15 +64,41 @@ def test_packed_and_unpacked_give_the_same_loss(setup):
 
 def test_packing_without_restarting_positions_would_differ(setup):
     """The check above has teeth: attention leaking across rows changes the loss."""
-    model, tokenizer, data = setup
+    model, tokenizer, data, _ = setup
     batch = collate(data, packed([0, 1, 2, 3]), pad_id=tokenizer.pad_token_id)
     leaky = dict(batch, position_ids=torch.arange(batch["input_ids"].shape[1])[None])
     with torch.no_grad():
         assert abs(nll_sum(model, leaky).item() - nll_sum(model, batch).item()) > 1e-2
 
 
+def test_flash_attention_batches_are_one_sequence_split_at_every_row(setup):
+    """Flash kernels go varlen only for one sequence: flattened, transformers' own detection finds every row."""
+    from transformers.modeling_flash_attention_utils import _is_packed_sequence, prepare_fa_kwargs_from_position_ids
+
+    from s3ft.train.loop import micro_batch_tensors
+
+    model, tokenizer, data, _ = setup
+    mb = ((3, 1), (2,), (0,))  # a packed sequence and two shorter ones, padded at the end
+    batch = collate(data, mb, pad_id=tokenizer.pad_token_id)
+    assert not _is_packed_sequence(batch["position_ids"], batch_size=3)  # as is, flash would let rows see each other
+    flat = flatten(batch)
+    assert _is_packed_sequence(flat["position_ids"], batch_size=1)
+    (cu_seqlens, _), _ = prepare_fa_kwargs_from_position_ids(flat["position_ids"])
+    width, lengths, expected = batch["input_ids"].shape[1], data.lengths(), []
+    for k, seq in enumerate(mb):
+        starts = k * width + np.concatenate([[0], np.cumsum(lengths[list(seq)])[:-1]])
+        expected += starts.tolist()  # each row starts a segment; the padding stays with the sequence's last row
+    assert cu_seqlens.tolist() == expected + [3 * width]
+    with torch.no_grad():
+        assert nll_sum(model, flat).item() == pytest.approx(nll_sum(model, batch).item(), abs=1e-5)
+    cpu = torch.device("cpu")
+    flash = micro_batch_tensors(data, mb, TrainConfig(attn_implementation="flash_attention_2"), 0, cpu)
+    sdpa = micro_batch_tensors(data, mb, TrainConfig(attn_implementation="sdpa"), 0, cpu)
+    assert flash["input_ids"].shape == (1, 3 * width) and sdpa["input_ids"].shape == (3, width)
+
+
 def test_prompt_tokens_carry_no_loss(setup):
-    model, tokenizer, data = setup
+    model, tokenizer, data, _ = setup
     batch = collate(data, packed([0, 1, 2, 3]), pad_id=tokenizer.pad_token_id)
     out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
     logits = out.logits.detach().requires_grad_(True)
@@ -94,7 +123,7 @@ def test_prompt_tokens_carry_no_loss(setup):
 
 def test_target_loss_matches_a_hand_computation(setup):
     """nll_sum over collated labels equals -log p(target + EOS | prompt) computed row by row."""
-    model, tokenizer, data = setup
+    model, tokenizer, data, _ = setup
     with torch.no_grad():
         expected = 0.0
         for i in range(len(data)):
@@ -111,3 +140,12 @@ def test_schedule_warms_up_then_decays_to_the_floor():
     assert f(0) < f(5) < f(9) < f(10) == pytest.approx(1.0)
     assert f(55) == pytest.approx(0.55, abs=0.01)
     assert f(99) > f(100) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_gradient_checkpointing_follows_the_config(setup, on):
+    model, _ = load_model(str(setup[3]), TrainConfig(gradient_checkpointing=on), {"zero_optimization": {"stage": 2}},
+                          torch.float32)
+    assert model.is_gradient_checkpointing is on
+    layers = model.model.layers
+    assert all(layer.gradient_checkpointing is on for layer in layers) and len(layers) == 2

@@ -1,4 +1,5 @@
-"""DeepSpeed ZeRO-3 on CPU: two gloo ranks equal one rank, and a killed run resumes exactly.
+"""DeepSpeed on CPU: two gloo ranks equal one rank, a killed run resumes exactly, the model is built
+partitioned, and the zero2 and zero3_offload configs train and export too.
 
 Three runs of the same 6 steps on the same rows share the module: one rank with grad_accum 2 (local
 launcher, in this process), two torchrun ranks with grad_accum 1, and two ranks killed after step 5
@@ -8,9 +9,15 @@ launcher, in this process), two torchrun ranks with grad_accum 1, and two ranks 
 from __future__ import annotations
 
 import json
+import os
 import random
+import struct
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from s3ft.errors import ConfigError, TrainingError
@@ -166,3 +173,153 @@ def test_step_one_equals_a_plain_pytorch_step(runs):
     assert logged[0]["grad_norm"] == pytest.approx(norm, rel=1e-4)
     one = [m for m in jsonl(runs["one_rank"] / "logs" / "metrics.jsonl") if m["split"] == "train"]
     assert [m["grad_norm"] for m in one] == pytest.approx([m["grad_norm"] for m in logged], rel=1e-5)
+
+
+PARTITION_SCRIPT = textwrap.dedent("""
+    import os, sys
+    import deepspeed, torch
+    from s3ft.train.config import TrainConfig
+    from s3ft.train.dsconfig import resolve_deepspeed_config
+    from s3ft.train.model import load_model
+
+    deepspeed.init_distributed(dist_backend="gloo")
+    cfg = TrainConfig(deepspeed="zero3")
+    ds = resolve_deepspeed_config(cfg, world_size=2, bf16=False, hidden_size=128)
+    model, handle = load_model(sys.argv[1], cfg, ds, torch.float32)
+    torch.save({n: {"ds_id": getattr(p, "ds_id", None), "ds_numel": getattr(p, "ds_numel", None),
+                    "local": p.data.numel(), "part": p.ds_tensor.detach().clone() if hasattr(p, "ds_tensor") else None}
+                for n, p in model.named_parameters()}, os.path.join(sys.argv[2], f"rank{os.environ['RANK']}.pt"))
+    torch.distributed.destroy_process_group()
+""")
+
+
+def test_model_is_partitioned_across_ranks_when_loaded(tmp_path):
+    """Under ZeRO-3 init each of 2 ranks holds half of every weight and no full copy; the halves are the weights."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from s3ft.models.tiny import build_tiny_model
+
+    base = build_tiny_model(tmp_path / "base")
+    script = tmp_path / "partition.py"
+    script.write_text(PARTITION_SCRIPT)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script), str(base),
+           str(tmp_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    full = dict(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).named_parameters())
+    assert ranks[0].keys() == ranks[1].keys() == full.keys()
+    for name, weight in full.items():
+        a, b = ranks[0][name], ranks[1][name]
+        assert a["ds_id"] is not None and a["ds_id"] == b["ds_id"] and a["ds_numel"] == weight.numel()
+        assert a["local"] == b["local"] == 0  # no rank holds the full tensor
+        assert a["part"].numel() == b["part"].numel() == -(-weight.numel() // 2)  # each holds half
+        halves = torch.cat([a["part"], b["part"]])[: weight.numel()]
+        assert torch.equal(halves, weight.detach().reshape(-1)), name  # together they are exactly the weight
+
+
+class DirEngine:
+    """Stands in for the DeepSpeed engine: what is under test is what s3ft's checkpoint functions add to its files."""
+
+    def save_checkpoint(self, root: str, tag: str, client_state: dict) -> None:
+        (Path(root) / tag).mkdir(parents=True)
+
+    def load_checkpoint(self, root: str, tag: str, **_) -> tuple[str, dict]:
+        return str(Path(root) / tag), {}
+
+
+@pytest.fixture
+def one_rank_group(monkeypatch):
+    """A one-rank gloo group in this process (the checkpoint functions synchronise ranks), torn down after."""
+    import deepspeed
+    import torch
+
+    from s3ft.train.launch import free_port
+    from s3ft.train.loop import _forget_deepspeed_groups
+
+    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(free_port())}.items():
+        monkeypatch.setenv(key, value)
+    deepspeed.init_distributed(dist_backend="gloo")
+    yield
+    torch.distributed.destroy_process_group()
+    _forget_deepspeed_groups()
+
+
+def test_rng_state_is_restored_from_a_checkpoint(tmp_path, one_rank_group):
+    import torch
+
+    from s3ft.train import checkpoint
+
+    def draws() -> tuple:
+        return random.random(), float(np.random.rand()), torch.rand(3).tolist()
+
+    random.seed(1)
+    np.random.seed(1)
+    torch.manual_seed(1)
+    path = checkpoint.save(DirEngine(), tmp_path, 3, {"world_size": 1, "plan": "p"}, rank=0, keep_last=2)
+    after_save = draws()
+    assert draws() != after_save  # the run moves on ...
+    checkpoint.load(DirEngine(), path, rank=0)
+    assert draws() == after_save  # ... and a resume continues from where the checkpoint was taken
+    assert checkpoint.latest(tmp_path)[:2] == (3, path)
+
+
+def wandb_history(wandb_dir: Path) -> tuple[dict, list[dict]]:
+    """(run record fields, logged rows) of the one offline W&B run under `wandb_dir`, read from its .wandb log
+    (a LevelDB-style log of protobuf records after a 7-byte header)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    (path,) = wandb_dir.glob("wandb/offline-run-*/run-*.wandb")
+    data, pos, buf, run, rows = path.read_bytes(), 7, b"", {}, []
+    assert data[:4] == b":W&B"
+    while pos + 7 <= len(data):
+        if 32768 - pos % 32768 < 7:  # a block's tail too short for a header is padding
+            pos += 32768 - pos % 32768
+            continue
+        _, size, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if size == kind == 0:
+            break
+        buf, pos = buf + data[pos + 7 : pos + 7 + size], pos + 7 + size
+        if kind in (1, 4):  # a full record, or the last fragment of one
+            record = pb.Record.FromString(buf)
+            buf = b""
+            if record.HasField("run"):
+                run = {"project": record.run.project, "name": record.run.display_name}
+            if record.HasField("history"):
+                rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                             for item in record.history.item})
+    return run, rows
+
+
+@pytest.mark.parametrize("stage", ["zero2", "zero3_offload"])
+def test_other_deepspeed_configs_train_and_export(tmp_path, monkeypatch, stage):
+    """zero2 and zero3_offload (CPU Adam: DeepSpeed JIT-builds it once) learn and export a loadable model; the
+    metrics also go to W&B (offline)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from s3ft.models.tiny import build_tiny_model
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_files"))
+    base = build_tiny_model(tmp_path / "base")
+    run_dir = new_run(tmp_path, "run", addition_rows(40))
+    cfg = TrainConfig(deepspeed=stage, launcher="local", max_steps=4, lr=1e-2, warmup_ratio=0.0, max_seq_len=32,
+                      micro_batch_tokens=128, save_every=0, eval_fraction=0.0, export_dtype="float32",
+                      report_to=["jsonl", "wandb"], wandb_project="s3ft-tests", wandb_run_name=stage)
+    model_dir = train(run_dir, str(base), cfg)
+    logged = [m for m in jsonl(run_dir / "logs" / "metrics.jsonl") if m["split"] == "train"]
+    assert [m["step"] for m in logged] == [1, 2, 3, 4] and logged[-1]["loss"] < logged[0]["loss"]
+    trained = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    plain = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    ids = torch.tensor([[5, 20, 30, 40]])
+    with torch.no_grad():
+        assert (trained(ids).logits - plain(ids).logits).abs().max() > 1e-3
+    run, rows = wandb_history(tmp_path / "wandb_files")
+    assert run == {"project": "s3ft-tests", "name": stage}
+    assert [r["_step"] for r in rows] == [1, 2, 3, 4]
+    assert [r["train/loss"] for r in rows] == pytest.approx([m["loss"] for m in logged], rel=1e-9)
+    assert all({"train/lr", "train/grad_norm", "train/tokens_per_s"} <= r.keys() for r in rows)

@@ -1,8 +1,10 @@
 """`python -m s3ft.train`: train from a YAML, directly or as one rank under torchrun / deepspeed.
 
-    python -m s3ft.train --config exp.yaml [--run-dir DIR] [--model PATH] [--set train.lr=1e-4]
-    torchrun --nproc-per-node 8 -m s3ft.train --config exp.yaml
-    deepspeed --num_gpus 8 --module s3ft.train --config exp.yaml
+    python -m s3ft.train exp.yaml [--run-dir DIR] [--model PATH] [--set train.lr=1e-4]
+    torchrun --nproc-per-node 8 -m s3ft.train exp.yaml
+    deepspeed --num_gpus 8 --module s3ft.train exp.yaml
+
+`--config exp.yaml` is the same as the positional CONFIG.
 
 The YAML is an experiment config (its `train` section, `output_dir` and `model.path` are used) or
 just a train section. Under torchrun/deepspeed every rank validates and tokenizes the rows itself
@@ -29,7 +31,8 @@ from s3ft.train.config import TrainConfig
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m s3ft.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="experiment YAML (with a `train:` section) or a train-section YAML")
+    parser.add_argument("config", nargs="?", help="experiment YAML (with a `train:` section) or a train-section YAML")
+    parser.add_argument("--config", dest="config_option", metavar="CONFIG", help="the same as the positional CONFIG")
     parser.add_argument("--run-dir", help="run directory (default: the config's output_dir)")
     parser.add_argument("--model", help="base model folder (default: the config's model.path)")
     parser.add_argument("--data", help="merged rows JSONL (default: RUN_DIR/data/merged.jsonl)")
@@ -37,7 +40,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="override a train key (the `train.` prefix is optional); repeatable")
     parser.add_argument("--worker-spec", help=argparse.SUPPRESS)  # internal: ranks started by launch_torchrun
     parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # deepspeed launcher
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.config and args.config_option and args.config != args.config_option:
+        parser.error(f"two configs given: {args.config} and --config {args.config_option}")
+    args.config = args.config or args.config_option
+    return args
 
 
 def load_train_settings(args: argparse.Namespace) -> tuple[Path, str, TrainConfig]:

@@ -6,10 +6,12 @@ trained twice, none skipped).
 
 A micro batch is a few sequences padded to the longest one, at most `micro_batch_tokens` tokens in
 all (padding counts). With packing, a sequence holds several whole rows (first-fit, up to the
-longest row's length) and position ids restart at every row, which makes transformers' sdpa and
-flash-attention paths keep attention inside each row; without it, a sequence is one row. Padding
-goes at the end of a sequence and its positions continue, so causal attention never lets a real
-token see it and no attention mask is needed. Steps whose last micro batches run out of rows get
+longest row's length) and position ids restart at every row, which makes transformers' sdpa, eager
+and flex paths keep attention inside each row (a block-diagonal mask per sequence); without it, a
+sequence is one row. Flash-attention kernels only split at restarting positions in a batch of one
+sequence, so for them a micro batch is `flatten`ed into one. Padding goes at the end of a sequence
+and its positions continue, so causal attention never lets a real token see it, no attention mask is
+needed, and a position 0 always starts a row. Steps whose last micro batches run out of rows get
 empty ("dummy") micro batches: one token, no loss, so every rank still runs the same forwards.
 """
 
@@ -165,6 +167,12 @@ def collate(data: TokenizedSet, mb: MicroBatch, *, pad_id: int) -> dict:
         ids[k, :n], lab[k, :n], pos[k, :n] = s, y, p
         pos[k, n:] = torch.arange(p[-1] + 1, p[-1] + 1 + longest - n)  # padding continues the last row
     return {"input_ids": ids, "position_ids": pos, "labels": lab}
+
+
+def flatten(batch: dict) -> dict:
+    """The micro batch's sequences back to back as one (1, B*L) sequence, for flash-attention kernels: they
+    run varlen attention, split where position ids restart at 0 (every row), only when the batch is one sequence."""
+    return {k: v.reshape(1, -1) for k, v in batch.items()}
 
 
 def _shifted_labels(seq: torch.Tensor, prompt_len: int) -> torch.Tensor:

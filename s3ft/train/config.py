@@ -8,6 +8,15 @@ from pydantic import Field, model_validator
 
 from s3ft.section import Section
 
+# transformers turns restarting position ids into a block-diagonal mask for these, per sequence of a batch.
+MASKED_ATTENTION = ("sdpa", "eager", "flex_attention")
+
+
+def is_flash_attention(name: str) -> bool:
+    """Flash-attention kernels (flash_attention_2/3, hub kernels): "flash" in the name, as transformers tests it;
+    its paged variants serve generation from a KV cache, not training."""
+    return "flash" in name and not name.startswith("paged")
+
 
 class LoraConfig(Section):
     r: int = Field(8, gt=0, description="LoRA rank (the paper: 8).")
@@ -45,7 +54,9 @@ class TrainConfig(Section):
     gradient_checkpointing: bool = Field(True, description="Recompute activations in backward to save memory.")
     bf16: bool | Literal["auto"] = Field("auto", description="bf16 weights and compute; auto: on when training on GPU.")
     attn_implementation: str = Field(
-        "sdpa", description="Attention kernel: sdpa (packs via a block-diagonal mask) or flash_attention_2."
+        "sdpa",
+        description="Attention kernel: sdpa, eager or flex_attention (rows kept apart by a block-diagonal mask), "
+        "or a flash-attention kernel such as flash_attention_2 (each micro batch runs as one varlen sequence).",
     )
     eval_fraction: float = Field(0.05, ge=0, lt=1, description="Share of rows held out for the eval loss.")
     eval_every: int = Field(0, ge=0, description="Extra eval every N steps; eval also runs at checkpoints and the end.")
@@ -66,8 +77,14 @@ class TrainConfig(Section):
     peak_tflops: float | None = Field(
         None, gt=0, description="Per-device peak TFLOP/s for the MFU estimate; default: known GPUs, none on CPU."
     )
-    report_to: list[Literal["tensorboard", "jsonl"]] = Field(
-        default_factory=lambda: ["tensorboard", "jsonl"], description="Metric sinks under run_dir/logs."
+    report_to: list[Literal["tensorboard", "jsonl", "wandb"]] = Field(
+        default_factory=lambda: ["tensorboard", "jsonl"],
+        description="Metric sinks, written by rank 0 under run_dir/logs; wandb needs `pip install wandb` (and a login, "
+        "or WANDB_MODE=offline).",
+    )
+    wandb_project: str | None = Field(None, description="W&B project; default: $WANDB_PROJECT, else s3ft.")
+    wandb_run_name: str | None = Field(
+        None, description="W&B run name; default: $WANDB_NAME, else the run folder's name."
     )
     log_every: int = Field(1, gt=0, description="Log metrics every N steps.")
     seed: int = Field(0, description="Seed of the data order, the eval split, LoRA init and dropout.")
@@ -77,6 +94,11 @@ class TrainConfig(Section):
         if self.micro_batch_tokens < self.max_seq_len:
             raise ValueError(
                 f"micro_batch_tokens ({self.micro_batch_tokens}) must be at least max_seq_len ({self.max_seq_len})"
+            )
+        if not (self.attn_implementation in MASKED_ATTENTION or is_flash_attention(self.attn_implementation)):
+            raise ValueError(
+                f"attn_implementation '{self.attn_implementation}' cannot keep packed rows apart; use one of "
+                f"{', '.join(MASKED_ATTENTION)} or a flash-attention kernel (flash_attention_2, flash_attention_3)"
             )
         if self.launcher == "local" and self.num_workers != 1:
             raise ValueError("launcher 'local' runs one rank; use ray or torchrun for num_workers > 1")

@@ -6,6 +6,7 @@ train section) is raised here, in the calling process, before any rank starts.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -57,6 +58,9 @@ def prepare(run_dir: Path, model_path: str, cfg: TrainConfig, *, data_path: Path
     bf16 = use_gpu if cfg.bf16 == "auto" else bool(cfg.bf16)
     if bf16 and not use_gpu:
         raise ConfigError("train.bf16: true needs GPUs; on CPU s3ft trains in fp32 (set bf16: auto)")
+    if "wandb" in cfg.report_to and importlib.util.find_spec("wandb") is None:
+        raise ConfigError("train.report_to lists wandb, but the wandb package is not installed: pip install wandb, "
+                          "or remove wandb from train.report_to")
     try:
         model_config = AutoConfig.from_pretrained(model_path)
         tokenizer = AutoTokenizer.from_pretrained(model_path)

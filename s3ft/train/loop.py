@@ -20,8 +20,8 @@ from typing import Any
 import torch
 
 from s3ft.train import checkpoint
-from s3ft.train.batching import Step, collate, plan_fingerprint, plan_steps
-from s3ft.train.config import TrainConfig
+from s3ft.train.batching import Step, collate, flatten, plan_fingerprint, plan_steps
+from s3ft.train.config import TrainConfig, is_flash_attention
 from s3ft.train.tokenize import TokenizedSet
 
 CRASH_ENV = "S3FT_TRAIN_CRASH_AFTER_STEP"  # tests: die (like a killed job) right after this step
@@ -113,8 +113,8 @@ def _train(spec: WorkerSpec, cfg: TrainConfig, run_dir: Path, rank: int, world: 
         checkpoint.load(engine, path, rank=rank)
     meta = {"world_size": world, "plan": fingerprint, "total_steps": len(steps)}
 
-    reporter = metrics.Reporter(run_dir / "logs", enabled=rank == 0, sinks=cfg.report_to,
-                                total_steps=len(steps), start_step=start)
+    reporter = metrics.Reporter(run_dir / "logs", enabled=rank == 0, cfg=cfg, total_steps=len(steps),
+                                start_step=start)
     mcfg = engine.module.config
     attn_dim = getattr(mcfg, "num_attention_heads", 0) * getattr(mcfg, "head_dim", 0) or getattr(mcfg, "hidden_size", 0)
     peak = metrics.peak_tflops(cfg.peak_tflops, spec.use_gpu)
@@ -133,7 +133,7 @@ def _train(spec: WorkerSpec, cfg: TrainConfig, run_dir: Path, rank: int, world: 
             loss_sum = torch.zeros((), dtype=torch.float64, device=device)
             for k, mb in enumerate(step.for_rank(rank, world)):
                 torch.manual_seed(_dropout_seed(cfg.seed, number, rank + k * world))
-                batch = _to(collate(data, mb, pad_id=pad_id), device)
+                batch = micro_batch_tensors(data, mb, cfg, pad_id, device)
                 nll = nll_sum(engine, batch)
                 loss_sum += nll.detach().double()
                 engine.backward(nll * (world * cfg.grad_accum) / step.target_tokens)
@@ -229,13 +229,19 @@ def _evaluate(engine, data: TokenizedSet, cfg: TrainConfig, rank: int, world: in
     engine.eval()
     with torch.no_grad():
         for mb in mbs[rank::world]:
-            batch = _to(collate(data, mb, pad_id=pad_id), device)
+            batch = micro_batch_tensors(data, mb, cfg, pad_id, device)
             totals[0] += nll_sum(engine, batch).double()
             totals[1] += int((batch["labels"] != -100).sum())
     engine.train()
     dist.all_reduce(totals)
     loss = (totals[0] / totals[1].clamp(min=1)).item()
     return {"loss": loss, "perplexity": float(torch.exp(torch.tensor(min(loss, 50.0))))}
+
+
+def micro_batch_tensors(data: TokenizedSet, mb, cfg: TrainConfig, pad_id: int, device: torch.device) -> dict:
+    """The collated micro batch on `device`, as one sequence for flash-attention kernels (see `flatten`)."""
+    batch = collate(data, mb, pad_id=pad_id)
+    return _to(flatten(batch) if is_flash_attention(cfg.attn_implementation) else batch, device)
 
 
 def _dropout_seed(seed: int, step: int, micro_batch: int) -> int:

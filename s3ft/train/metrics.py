@@ -1,15 +1,20 @@
-"""What the run reports, on rank 0: a tqdm bar, TensorBoard scalars, and JSONL files under run_dir/logs.
+"""What the run reports, on rank 0: a tqdm bar, TensorBoard scalars, JSONL files under run_dir/logs, and W&B.
 
 `metrics.jsonl` holds one line per logged step (loss, lr, grad norm, tokens/s, MFU) and eval line;
 `rows.jsonl` one line per step with the ids of the rows it trained (provenance, and the proof that
-a resumed run trains each row once). On resume, lines after the checkpoint step are dropped.
+a resumed run trains each row once). On resume, lines after the checkpoint step are dropped. W&B,
+when in `report_to`, gets the same values as a new run per start (its files under run_dir/logs/wandb
+unless WANDB_DIR is set); wandb is optional and imported only by rank 0.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
+
+from s3ft.train.config import TrainConfig
 
 # Dense bf16 peak TFLOP/s per device, for the MFU estimate.
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "H800": 989.0, "A100": 312.0, "A800": 312.0, "L40S": 362.0,
@@ -41,9 +46,9 @@ def truncate_jsonl(path: Path, last_step: int) -> None:
 
 
 class Reporter:
-    def __init__(self, log_dir: Path, *, enabled: bool, sinks: list[str], total_steps: int, start_step: int):
+    def __init__(self, log_dir: Path, *, enabled: bool, cfg: TrainConfig, total_steps: int, start_step: int):
         self.enabled = enabled
-        self.bar = self.tb = self.metrics = self.rows = None
+        self.bar = self.tb = self.metrics = self.rows = self.wandb = None
         if not enabled:
             return
         from tqdm.auto import tqdm
@@ -51,10 +56,12 @@ class Reporter:
         log_dir.mkdir(parents=True, exist_ok=True)
         for name in ("metrics.jsonl", "rows.jsonl"):
             truncate_jsonl(log_dir / name, start_step)
-        if "tensorboard" in sinks:
+        if "tensorboard" in cfg.report_to:
             self.tb = _summary_writer(log_dir / "tensorboard", purge_step=start_step + 1)
-        if "jsonl" in sinks:
+        if "jsonl" in cfg.report_to:
             self.metrics = (log_dir / "metrics.jsonl").open("a")
+        if "wandb" in cfg.report_to:
+            self.wandb = _wandb_run(log_dir, cfg)
         self.rows = (log_dir / "rows.jsonl").open("a")
         self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
 
@@ -82,11 +89,15 @@ class Reporter:
         if self.metrics is not None:
             self.metrics.write(json.dumps({"step": step, "split": split, **values}) + "\n")
             self.metrics.flush()
+        if self.wandb is not None:
+            self.wandb.log({f"{split}/{k}": v for k, v in values.items() if v is not None}, step=step)
 
     def close(self) -> None:
         for thing in (self.bar, self.tb, self.metrics, self.rows):
             if thing is not None:
                 thing.close()
+        if self.wandb is not None:
+            self.wandb.finish()
 
 
 def _summary_writer(path: Path, purge_step: int):
@@ -95,3 +106,15 @@ def _summary_writer(path: Path, purge_step: int):
     except ImportError:  # torch's writer needs the tensorboard package; tensorboardX comes with ray[train]
         from tensorboardX import SummaryWriter
     return SummaryWriter(str(path), purge_step=purge_step)
+
+
+def _wandb_run(log_dir: Path, cfg: TrainConfig):
+    """A W&B run for this start of training; names come from the config, else WANDB_* variables, else defaults."""
+    import wandb
+
+    return wandb.init(
+        project=cfg.wandb_project or os.environ.get("WANDB_PROJECT") or "s3ft",
+        name=cfg.wandb_run_name or os.environ.get("WANDB_NAME") or log_dir.parent.name,
+        dir=os.environ.get("WANDB_DIR") or str(log_dir),
+        config=cfg.model_dump(mode="json"),
+    )
