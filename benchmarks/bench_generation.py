@@ -9,7 +9,7 @@ started and warmed up first; the timed runs alternate between the two and are ti
   bare: one `vllm.LLM.generate` call on all prompts at once, already tokenized (vLLM's best case).
 The last line is `ratio=X` (ours / bare, rows per second).
 
-    python benchmarks/bench_generation.py [--prompts 256 --max-tokens 64 --shard-size 64 --in-flight 2]
+    python benchmarks/bench_generation.py [--prompts 512 --max-tokens 64 --shard-size 64 --in-flight 2]
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def timed(run: Callable[[], Any]) -> tuple[float, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--prompts", type=int, default=256)
+    parser.add_argument("--prompts", type=int, default=512)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--shard-size", type=int, default=64)
     parser.add_argument("--in-flight", type=int, default=2, help="shards in flight per engine (ours)")

