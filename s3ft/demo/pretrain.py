@@ -137,19 +137,13 @@ def _batch(tokenizer: Any, pairs: list[tuple[str, str]]) -> tuple[Any, Any, Any]
 
 
 def greedy(model: Any, tokenizer: Any, users: list[str], max_new_tokens: int = 64, batch_size: int = 100) -> list[str]:
-    """The model's greedy answers to user turns (left-padded batches, stop at EOS)."""
-    import torch
+    """The model's greedy answers to user turns, through the hf generation backend."""
+    from s3ft.generation.base import Sampling
+    from s3ft.generation.hf_backend import HFBackend
 
-    out: list[str] = []
-    tokenizer.padding_side = "left"
-    for start in range(0, len(users), batch_size):
-        prompts = [render_prompt(tokenizer, [{"role": "user", "content": u}]) for u in users[start:start + batch_size]]
-        enc = tokenizer(prompts, add_special_tokens=False, padding=True, return_tensors="pt")
-        with torch.no_grad():
-            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-        out += tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-    return out
+    backend = HFBackend.from_model(model, tokenizer, batch_size=batch_size)
+    prompts = [render_prompt(tokenizer, [{"role": "user", "content": u}]) for u in users]
+    return [completions[0] for completions in backend.generate(prompts, Sampling(max_tokens=max_new_tokens))]
 
 
 def evaluate(model: Any, tokenizer: Any, splits: DemoSplits) -> dict[str, float]:

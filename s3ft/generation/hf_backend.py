@@ -48,6 +48,17 @@ class HFBackend:
             )
         except (OSError, ValueError) as exc:
             raise ModelError(f"cannot load model '{model_path}': {exc}") from None
+        self._attach(batch_size, device)
+
+    @classmethod
+    def from_model(cls, model: Any, tokenizer: Any, *, batch_size: int = 32, device: str = "cpu") -> HFBackend:
+        """Serve a model already in memory (one just trained), without a round trip through disk."""
+        backend = cls.__new__(cls)
+        backend._model, backend._tokenizer = model, tokenizer
+        backend._attach(batch_size, device)
+        return backend
+
+    def _attach(self, batch_size: int, device: str) -> None:
         self._model.to(device).eval()
         self._device = device
         self._batch_size = batch_size
