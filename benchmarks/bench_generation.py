@@ -30,11 +30,11 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from s3ft.config import GenerationConfig, ModelConfig
 from s3ft.generation import GenerationPool, Sampling
-from s3ft.models.resolve import render_prompt
+from s3ft.generation.mapper import generate_into
+from s3ft.models.chat import render_prompt
 from s3ft.models.tiny import build_char_tokenizer, build_tiny_model
-from s3ft.pipeline.mappers import generate_into
-from s3ft.pipeline.shards import ShardStore
-from s3ft.pipeline.stage import run_stage
+from s3ft.runtime.shards import ShardStore
+from s3ft.runtime.stage import run_stage
 
 KV_CACHE_GIB = 1.0
 

@@ -32,5 +32,9 @@ class EvalError(S3FTError):
     """An evaluation that cannot run, or a results file that cannot be read."""
 
 
+class ReportError(S3FTError):
+    """A report that cannot be made (no such run directory)."""
+
+
 class TrainingError(S3FTError):
     """Training ranks that died or failed; the message says which checkpoint a re-run resumes from."""

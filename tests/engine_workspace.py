@@ -28,7 +28,8 @@ EXPECTED_S3FT = ["self", "self", "paraphrase", "paraphrase", "gold", "gold"]
 def build_workspace(root: Path) -> Path:
     """The dataset, the template override and the memorised model, under `root`."""
     from s3ft.data.prompts import Templates, chat, render
-    from s3ft.models.resolve import load_tokenizer, render_prompt
+    from s3ft.models.chat import render_prompt
+    from s3ft.models.resolve import load_tokenizer
     from s3ft.models.tiny import build_tiny_model
     from tests.tiny_training import memorize
 

@@ -112,10 +112,14 @@ def test_judge_refuses_settings_outside_the_judge_section(tmp_path: Path, capsys
 
 
 def test_judge_help_lists_every_registered_kind(capsys: pytest.CaptureFixture[str]) -> None:
-    from s3ft.cli import JUDGE_KINDS
-    from s3ft.judges import JUDGES
+    """Every option schema has its judge and every judge its schema (registering one without is refused)."""
+    from s3ft.config import JUDGE_OPTIONS
+    from s3ft.errors import JudgeError
+    from s3ft.judges import JUDGES, Judge, register
 
-    assert sorted(JUDGE_KINDS) == sorted(JUDGES)
+    assert sorted(JUDGE_OPTIONS) == sorted(JUDGES)
+    with pytest.raises(JudgeError, match="no options schema"):
+        register("unschemed")(type("Unschemed", (Judge,), {}))
     with pytest.raises(SystemExit):
         main(["judge", "--help"])
     assert "Judge kind: code, llm, math, python, qa." in " ".join(capsys.readouterr().out.split())

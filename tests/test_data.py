@@ -8,7 +8,7 @@ from s3ft.data.load import examples, run_load
 from s3ft.data.prompts import load_templates, render
 from s3ft.data.sources import iter_records
 from s3ft.errors import ConfigError, DataError
-from s3ft.pipeline.shards import ShardStore, read_jsonl
+from s3ft.runtime.shards import ShardStore, read_jsonl
 from tests.paths import shared_file
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from s3ft.config import load_config
 from s3ft.pipeline.data_engine import run_data
-from s3ft.pipeline.shards import read_jsonl
+from s3ft.runtime.shards import read_jsonl
 from tests.engine_workspace import EXPECTED_S3FT, ROWS, config_file
 
 pytestmark = pytest.mark.slow

@@ -39,7 +39,8 @@ TEMPLATE = "J {question} | {gold} | {response}"
 
 @pytest.mark.slow
 def test_llm_judge_end_to_end_on_nq_open(tmp_path: Path, ray_session: None, capsys: pytest.CaptureFixture[str]) -> None:
-    from s3ft.models.resolve import load_tokenizer, render_prompt
+    from s3ft.models.chat import render_prompt
+    from s3ft.models.resolve import load_tokenizer
     from s3ft.models.tiny import build_tiny_model
     from tests.tiny_training import memorize
 

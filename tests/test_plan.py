@@ -24,7 +24,7 @@ def test_every_experiment_config_validates(path: Path) -> None:
 
 @pytest.mark.parametrize("name", ["zero3", "zero3_offload", "zero2"])
 def test_every_deepspeed_config_fills_from_ours(name: str) -> None:
-    from s3ft.train.config import TrainConfig
+    from s3ft.config.train import TrainConfig
     from s3ft.train.dsconfig import resolve_deepspeed_config
 
     filled = resolve_deepspeed_config(TrainConfig(deepspeed=name), world_size=8, bf16=True, hidden_size=4096)

@@ -17,12 +17,11 @@ from s3ft.train.launch import free_port
 LISTENERS = """
 import json, sys, psutil, ray
 from s3ft.config import RayConfig
-from s3ft.pipeline.cluster import ensure_ray
-ensure_ray(RayConfig.model_validate_json(sys.argv[1]))
-port = json.loads(sys.argv[1])["dashboard_port"]
-hosts = sorted({c.laddr.ip for c in psutil.net_connections("tcp") if c.status == "LISTEN" and c.laddr.port == port})
-print(json.dumps(hosts))
-ray.shutdown()
+from s3ft.runtime.cluster import ray_cluster
+with ray_cluster(RayConfig.model_validate_json(sys.argv[1])):
+    port = json.loads(sys.argv[1])["dashboard_port"]
+    hosts = sorted({c.laddr.ip for c in psutil.net_connections("tcp") if c.status == "LISTEN" and c.laddr.port == port})
+print(json.dumps(hosts), ray.is_initialized())
 """
 
 
@@ -31,7 +30,9 @@ def dashboard_listeners(settings: RayConfig) -> list[str]:
     out = subprocess.run([sys.executable, "-c", LISTENERS, settings.model_dump_json()], env=env,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    hosts, still_up = out.stdout.strip().splitlines()[-1].rsplit(" ", 1)
+    assert still_up == "False"  # the command's cluster is stopped when it ends
+    return json.loads(hosts)
 
 
 def test_the_dashboard_is_off_by_default_and_on_loopback_when_asked() -> None:

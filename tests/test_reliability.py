@@ -15,7 +15,7 @@ from s3ft.data.load import run_load
 from s3ft.data.prompts import load_templates
 from s3ft.errors import DataError
 from s3ft.models.resolve import load_tokenizer, prompt_fits
-from s3ft.pipeline.shards import ShardStore, read_jsonl
+from s3ft.runtime.shards import ShardStore, read_jsonl
 
 SAMPLE = Path(__file__).resolve().parents[1] / "configs" / "data" / "gsm8k_sample.jsonl"
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from s3ft.config.train import TrainConfig
 from s3ft.errors import ConfigError, DataError, ModelError
 from s3ft.train.batching import IGNORE, collate, pack, packed, padded, padding_fraction, plan_fingerprint, plan_steps
-from s3ft.train.config import TrainConfig
 from s3ft.train.dsconfig import resolve_deepspeed_config
 from s3ft.train.tokenize import split_eval, tokenize_rows
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from s3ft.config.train import TrainConfig
 from s3ft.train.batching import IGNORE, collate, flatten, packed, padded
-from s3ft.train.config import TrainConfig
 from s3ft.train.model import load_model, lr_lambda, nll_sum
 from s3ft.train.tokenize import tokenize_rows
 

@@ -178,7 +178,7 @@ def test_step_one_equals_a_plain_pytorch_step(runs):
 PARTITION_SCRIPT = textwrap.dedent("""
     import os, sys
     import deepspeed, torch
-    from s3ft.train.config import TrainConfig
+    from s3ft.config.train import TrainConfig
     from s3ft.train.dsconfig import resolve_deepspeed_config
     from s3ft.train.model import load_model
 

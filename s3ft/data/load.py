@@ -17,8 +17,7 @@ from s3ft.data.prompts import Templates
 from s3ft.data.sources import Record, iter_records
 from s3ft.data.tasks import TASKS, FieldError, generic_fields, make_example
 from s3ft.errors import DataError
-from s3ft.pipeline.shards import ShardStore, write_jsonl
-
+from s3ft.runtime.shards import ShardStore, write_jsonl
 
 PromptCheck = Callable[[list[dict[str, str]]], str | None]
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from s3ft.demo.tasks import REVERSE_PROMPT, Addition, DemoSplits, make_splits, random_word
-from s3ft.models.resolve import render_prompt
+from s3ft.models.chat import IGNORE, encode_examples, labels, render_prompt
 
 log = logging.getLogger(__name__)
 SUMMARY = "pretrain.json"
@@ -122,18 +122,14 @@ def _batch(tokenizer: Any, pairs: list[tuple[str, str]]) -> tuple[Any, Any, Any]
     """Right-padded ids, labels on the answer and its EOS only, attention mask."""
     import torch
 
-    rows = []
-    for user, answer in pairs:
-        prompt = tokenizer(render_prompt(tokenizer, [{"role": "user", "content": user}]),
-                           add_special_tokens=False)["input_ids"]
-        target = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        rows.append((prompt + target, [-100] * len(prompt) + target))
+    examples = encode_examples(tokenizer, [user for user, _ in pairs], [answer for _, answer in pairs])
+    rows = [(prompt + target, labels(prompt, target)) for prompt, target in examples]
     width = max(len(ids) for ids, _ in rows)
     pad = tokenizer.pad_token_id
     ids = torch.tensor([r + [pad] * (width - len(r)) for r, _ in rows])
-    labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in rows])
+    targets = torch.tensor([lab + [IGNORE] * (width - len(lab)) for _, lab in rows])
     mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r, _ in rows])
-    return ids, labels, mask
+    return ids, targets, mask
 
 
 def greedy(model: Any, tokenizer: Any, users: list[str], max_new_tokens: int = 64, batch_size: int = 100) -> list[str]:

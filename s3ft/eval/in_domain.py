@@ -15,11 +15,12 @@ from s3ft.data.load import run_load
 from s3ft.data.prompts import load_templates
 from s3ft.errors import ConfigError
 from s3ft.generation.base import Sampling
-from s3ft.models.resolve import context_length, load_tokenizer, prompt_fits, render_prompt
-from s3ft.pipeline.cluster import ensure_ray
-from s3ft.pipeline.mappers import generate_into, judge_into, lazy_pool
-from s3ft.pipeline.shards import ShardStore, write_jsonl
-from s3ft.pipeline.stage import run_stage
+from s3ft.generation.mapper import generate_into, lazy_pool
+from s3ft.judges.mapper import judge_into
+from s3ft.models.chat import render_prompt
+from s3ft.models.resolve import context_length, load_tokenizer, prompt_fits
+from s3ft.runtime.shards import ShardStore, write_jsonl
+from s3ft.runtime.stage import run_stage
 
 
 def model_fingerprint(path: str) -> list[tuple[str, int, int]]:
@@ -42,20 +43,17 @@ def evaluate_in_domain(cfg: Config, label: str, model_path: str) -> dict[str, An
                                                         str(gen.max_tokens)))
     if not loaded.finished:
         run_load(data, templates, loaded, gen.shard_size, run_dir / "eval" / "rejects.jsonl", check)
-
-
-    greedy = Sampling(max_tokens=gen.max_tokens, temperature=0.0, top_p=1.0, n=1, stop=tuple(gen.stop), seed=gen.seed)
+    greedy = Sampling.from_config(gen, temperature=0.0, top_p=1.0)
     generated = ShardStore(
         run_dir, f"eval_generate_{label}", stage_key(loaded.key, model_fingerprint(model_path), gen.backend, vars(greedy))
     )
-    judged = ShardStore(run_dir, f"eval_judge_{label}", stage_key(generated.key, cfg.judge.model_dump(exclude={"num_workers"})))
+    judged = ShardStore(run_dir, f"eval_judge_{label}", stage_key(generated.key, cfg.judge.cache_key()))
 
     def prompt(row: dict[str, Any]) -> str:
         return render_prompt(tokenizer, row["messages"])
 
     with contextlib.ExitStack() as stack:
         pool = lazy_pool(stack, cfg.model.model_copy(update={"path": model_path}), gen)
-        ensure_ray(cfg.ray)
         run_stage(loaded, generated, generate_into(pool, greedy, "response", prompt, first=True), f"eval {label}: generate")
         run_stage(generated, judged, judge_into(cfg.judge, "response", "verdict"), f"eval {label}: judge")
 

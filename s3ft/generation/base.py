@@ -7,8 +7,10 @@ with `add_special_tokens=False`, so the vLLM and HF backends see the very same t
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+from s3ft.config import GenerationConfig
 
 
 @dataclass(frozen=True)
@@ -19,6 +21,13 @@ class Sampling:
     n: int = 1
     stop: tuple[str, ...] = field(default_factory=tuple)
     seed: int = 0
+
+    @classmethod
+    def from_config(cls, gen: GenerationConfig, **changes: Any) -> Sampling:
+        """The sampling a generation section asks for; `changes` override it (greedy eval, rft's k samples)."""
+        base = cls(max_tokens=gen.max_tokens, temperature=gen.temperature, top_p=gen.top_p, stop=tuple(gen.stop),
+                   seed=gen.seed)
+        return replace(base, **changes)
 
 
 class Backend(Protocol):

@@ -26,7 +26,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from s3ft.config import GenerationConfig, ModelConfig
 from s3ft.errors import ConfigError, S3FTError
 from s3ft.generation.base import Sampling
-from s3ft.pipeline.cluster import ensure_ray
+from s3ft.runtime.cluster import require_ray
 
 K = TypeVar("K")
 
@@ -105,8 +105,7 @@ class GenerationPool:
         `enforce_eager=True`: no graph compilation, so a faster start for short jobs and tests).
         `shards_in_flight` per engine bounds what is read ahead of the results; vLLM runs that many
         shards as one continuous batch, so more keeps a big engine busier."""
-        if not ray.is_initialized():
-            ensure_ray()
+        require_ray()
         self.model, self.gen = model, gen
         self._extra_options = dict(backend_options or {})
         self.shards_in_flight = shards_in_flight or gen.shards_in_flight

@@ -6,11 +6,11 @@ rule judges, sandboxed code, an LLM and a user's own function all fit behind one
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from s3ft.config.judges import JUDGE_OPTIONS
 from s3ft.errors import JudgeError
 
 
@@ -57,6 +57,8 @@ def register(kind: str) -> Callable[[type[Judge]], type[Judge]]:
     """Class decorator: adding a judge is one file and this one line."""
 
     def add(cls: type[Judge]) -> type[Judge]:
+        if kind not in JUDGE_OPTIONS:
+            raise JudgeError(f"judge kind '{kind}' has no options schema in s3ft.config.judges.JUDGE_OPTIONS")
         cls.kind = kind
         JUDGES[kind] = cls
         return cls
@@ -70,12 +72,6 @@ def judge_class(kind: str) -> Callable[..., Judge]:
     if kind not in JUDGES:
         raise JudgeError(f"unknown judge kind '{kind}'; known: {', '.join(sorted(JUDGES))}")
     return JUDGES[kind]
-
-
-def judge_options(kind: str) -> set[str]:
-    """The keyword options a judge kind takes, so a config can be checked before any work starts."""
-    parameters = inspect.signature(judge_class(kind)).parameters.values()
-    return {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
 def build_judge(kind: str, **options: Any) -> Judge:

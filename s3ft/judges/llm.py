@@ -90,14 +90,13 @@ class LLMJudge(Judge):
         return verdict
 
     def _prompt(self, row: Mapping[str, Any]) -> str:
-        from s3ft.models.resolve import render_prompt
+        from s3ft.models.chat import render_prompt
 
         return render_prompt(self._engine()[1], [{"role": "user", "content": judge_request(self.template, row)}])
 
     def _ask(self, prompts: list[str]) -> list[str]:
         gen = self.settings.generation
-        sampling = Sampling(max_tokens=gen.max_tokens, temperature=gen.temperature, top_p=gen.top_p,
-                            stop=tuple(gen.stop), seed=gen.seed)
+        sampling = Sampling.from_config(gen)
         ((_, completions),) = list(self._engine()[0].generate_shards([(0, prompts)], sampling))
         return [c[0] for c in completions]
 
@@ -106,9 +105,9 @@ class LLMJudge(Judge):
         if self._pool is None:
             from s3ft.generation.ray_pool import GenerationPool
             from s3ft.models.resolve import load_tokenizer, resolve_model
-            from s3ft.pipeline.cluster import ensure_ray
+            from s3ft.runtime.cluster import require_ray
 
-            ensure_ray()
+            require_ray()
             path = resolve_model(self.settings.model)
             self._tokenizer = load_tokenizer(path, self.settings.model.trust_remote_code)
             model = self.settings.model.model_copy(update={"path": path})

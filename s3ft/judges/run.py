@@ -10,8 +10,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
 from s3ft.config import JudgeConfig
-from s3ft.errors import JudgeError
-from s3ft.judges.base import Judge, Verdict, build_judge, judge_options
+from s3ft.judges.base import Judge, Verdict, build_judge
 
 K = TypeVar("K")
 
@@ -21,16 +20,9 @@ def _section_options(cfg: JudgeConfig) -> dict[str, Any]:
     return {"qa": {"match": cfg.match}, "python": {"target": cfg.target}, "llm": {"settings": cfg.llm}}.get(cfg.kind, {})
 
 
-def check_judge_config(cfg: JudgeConfig) -> None:
-    """Refuse an unknown kind or option when the config loads, not after hours of generation."""
-    allowed = judge_options(cfg.kind) - set(_section_options(cfg))
-    if unknown := sorted(set(cfg.options) - allowed):
-        raise JudgeError(f"judge.options: unknown option(s) {', '.join(unknown)} for the '{cfg.kind}' judge; "
-                         f"allowed: {', '.join(sorted(allowed)) or 'none'}")
-
-
 def judge_from_config(cfg: JudgeConfig) -> Judge:
-    return build_judge(cfg.kind, **_section_options(cfg), **cfg.options)
+    """The configured judge; its options were checked against the kind's schema when the config loaded."""
+    return build_judge(cfg.kind, **_section_options(cfg), **cfg.kind_options())
 
 
 def verdict_dict(verdict: Verdict) -> dict[str, Any]:

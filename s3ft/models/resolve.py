@@ -1,4 +1,4 @@
-"""Find the model (a local folder, or a hub id downloaded once) and render chat prompts with its tokenizer."""
+"""Find the model (a local folder, or a hub id downloaded once), its tokenizer and its context length."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 
 from s3ft.config import ModelConfig
 from s3ft.errors import ModelError
+from s3ft.models.chat import prompt_ids
 
 log = logging.getLogger(__name__)
 
@@ -23,11 +24,6 @@ def resolve_model(cfg: ModelConfig) -> str:
 
         log.info("building a tiny random Llama at %s (model.build_if_missing: tiny)", local)
         return str(build_tiny_model(local))
-    if cfg.build_if_missing == "demo":
-        from s3ft.demo.pretrain import build_demo_model
-
-        log.info("pretraining the demo's base model at %s (model.build_if_missing: demo; once, a few minutes)", local)
-        return str(build_demo_model(local))
     if local.exists() or cfg.path.startswith((".", "/", "~")) or cfg.path.count("/") != 1:
         raise ModelError(f"model.path '{cfg.path}': no Hugging Face model there (expected a folder with config.json, "
                          "or a hub id of the form org/name)")
@@ -68,7 +64,7 @@ def prompt_fits(tokenizer: Any, context: int | None, max_tokens: int) -> Callabl
     def check(messages: list[dict[str, str]]) -> str | None:
         if context is None:
             return None
-        length = len(tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"])
+        length = len(prompt_ids(tokenizer, [messages])[0])
         if length + max_tokens > context:
             return (f"the prompt is {length} tokens; with generation.max_tokens {max_tokens} it exceeds the model's "
                     f"context of {context} tokens")
@@ -76,11 +72,3 @@ def prompt_fits(tokenizer: Any, context: int | None, max_tokens: int) -> Callabl
 
     return check
 
-
-def render_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:
-    """The chat template's text for a prompt, ready for generation (the backends add no special tokens)."""
-    if not getattr(tokenizer, "chat_template", None):
-        raise ModelError(
-            "the tokenizer has no chat template; use an instruct model or add a `chat_template` to its tokenizer_config.json"
-        )
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

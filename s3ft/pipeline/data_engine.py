@@ -1,7 +1,7 @@
 """`s3ft data`: load → generate → judge → paraphrase → judge → select, each stage resumable.
 
-This file reads like the algorithm; the Ray and vLLM details live in `generation.ray_pool` and
-`judges.run`, the S3FT decisions in `selection`.
+This file reads like the algorithm; the Ray and vLLM details live in `generation` and `judges`,
+the resumable stages in `runtime`, the S3FT decisions in `selection`.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +20,13 @@ from s3ft.data.load import run_load
 from s3ft.data.prompts import Templates, load_templates
 from s3ft.data.tasks import paraphrase_messages
 from s3ft.generation.base import Sampling
-from s3ft.models.resolve import context_length, load_tokenizer, prompt_fits, render_prompt, resolve_model
-from s3ft.pipeline.cluster import ensure_ray
-from s3ft.pipeline.mappers import generate_into, judge_into, lazy_pool
-from s3ft.pipeline.preflight import check_output_dir
-from s3ft.pipeline.shards import ShardStore, write_jsonl
-from s3ft.pipeline.stage import run_stage
+from s3ft.generation.mapper import generate_into, lazy_pool
+from s3ft.judges.mapper import judge_into
+from s3ft.models.chat import render_prompt
+from s3ft.models.resolve import context_length, load_tokenizer, prompt_fits, resolve_model
+from s3ft.runtime.preflight import check_output_dir
+from s3ft.runtime.shards import ShardStore, write_jsonl
+from s3ft.runtime.stage import run_stage
 from s3ft.selection import needs_paraphrase, select_all, stats
 
 log = logging.getLogger(__name__)
@@ -60,22 +62,15 @@ def _self_and_paraphrase(
 ) -> ShardStore:
     gen = cfg.generation
     rft = cfg.selection.strategy == "rft"
-    sampling = Sampling(
-        max_tokens=gen.max_tokens,
-        temperature=cfg.selection.sample_temperature if rft else gen.temperature,
-        top_p=gen.top_p,
-        n=cfg.selection.num_samples if rft else 1,
-        stop=tuple(gen.stop),
-        seed=gen.seed,
-    )
+    sampling = Sampling.from_config(gen, temperature=cfg.selection.sample_temperature, n=cfg.selection.num_samples) \
+        if rft else Sampling.from_config(gen)
     model_key = [cfg.model.path, cfg.model.dtype, gen.backend]
     generated = ShardStore(run_dir, "generate", stage_key(loaded.key, model_key, vars(sampling)))
-    judge_key = cfg.judge.model_dump(exclude={"num_workers"})
+    judge_key = cfg.judge.cache_key()
     judged = ShardStore(run_dir, "judge", stage_key(generated.key, judge_key))
 
     with contextlib.ExitStack() as stack:
         pool = lazy_pool(stack, cfg.model.model_copy(update={"path": model_path}), gen)
-        ensure_ray(cfg.ray)
         run_stage(loaded, generated, generate_into(pool, sampling, "responses",
                                                     lambda row: render_prompt(tokenizer, row["messages"])),
                   "generate")
@@ -83,7 +78,7 @@ def _self_and_paraphrase(
         if cfg.selection.strategy != "s3ft":
             return judged
 
-        greedy_one = Sampling(**(vars(sampling) | {"n": 1}))
+        greedy_one = replace(sampling, n=1)
         paraphrased = ShardStore(run_dir, "paraphrase", stage_key(judged.key, vars(templates), vars(greedy_one)))
         para_judged = ShardStore(run_dir, "judge_paraphrase", stage_key(paraphrased.key, judge_key))
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from s3ft.config import Config, save_config, stage_key
-from s3ft.pipeline.preflight import check_output_dir
+from s3ft.runtime.preflight import check_output_dir
 
 log = logging.getLogger(__name__)
 STAGES = ("data", "train", "eval", "report")
@@ -45,9 +45,9 @@ def forget(run_dir: Path, first: str) -> None:
 def run_all(cfg: Config, from_stage: str | None = None) -> dict[str, Path]:
     from s3ft.eval.run import run_eval
     from s3ft.models.resolve import resolve_model
-    from s3ft.pipeline.cluster import ensure_ray
     from s3ft.pipeline.data_engine import run_data
     from s3ft.report import write_report
+    from s3ft.runtime.cluster import require_ray
     from s3ft.train.driver import train
 
     run_dir = Path(cfg.output_dir)
@@ -55,7 +55,7 @@ def run_all(cfg: Config, from_stage: str | None = None) -> dict[str, Path]:
     if from_stage:
         forget(run_dir, from_stage)
     save_config(cfg, run_dir / "config.yaml")
-    ensure_ray(cfg.ray)
+    require_ray()
 
     log.info("stage 1/4: data (%s)", cfg.selection.strategy)
     run_data(cfg)
@@ -70,7 +70,7 @@ def run_all(cfg: Config, from_stage: str | None = None) -> dict[str, Path]:
         train(run_dir, model_path, cfg.train)
         _mark(run_dir, "train", train_key)
 
-    eval_key = stage_key(cfg.eval, cfg.judge.model_dump(exclude={"num_workers"}), train_key)
+    eval_key = stage_key(cfg.eval, cfg.judge.cache_key(), train_key)
     if _done(run_dir, "eval", eval_key):
         log.info("stage 3/4: eval — done already")
     else:

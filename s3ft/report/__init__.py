@@ -6,7 +6,7 @@ plot      the figure
 write     `write_report`: both files
 """
 
-from s3ft.report.runs import ReportError
+from s3ft.errors import ReportError
 from s3ft.report.write import write_report
 
 __all__ = ["ReportError", "write_report"]

@@ -14,12 +14,8 @@ from typing import Any
 
 import yaml
 
-from s3ft.errors import S3FTError
+from s3ft.errors import ReportError
 from s3ft.eval.results import EvalError, Results, read_results, results_path
-
-
-class ReportError(S3FTError):
-    """A report that cannot be made (no such run directory)."""
 
 
 @dataclass

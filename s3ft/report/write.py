@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from s3ft.errors import ReportError
 from s3ft.report.markdown import render
 from s3ft.report.plot import plot_changes
-from s3ft.report.runs import ReportError, Run, load_run
+from s3ft.report.runs import Run, load_run
 
 REPORT_MD = "report.md"
 REPORT_PNG = "report.png"

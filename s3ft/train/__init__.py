@@ -3,7 +3,7 @@
 `train(run_dir, model_path, cfg)` reads run_dir/data/merged.jsonl and returns run_dir/model.
 """
 
-from s3ft.train.config import LoraConfig, TrainConfig
+from s3ft.config.train import LoraConfig, TrainConfig
 
 
 def train(*args, **kwargs):

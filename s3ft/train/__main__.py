@@ -14,6 +14,7 @@ just a train section. Under torchrun/deepspeed every rank validates and tokenize
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -24,8 +25,8 @@ import yaml
 from pydantic import ValidationError
 
 from s3ft.config import apply_overrides
+from s3ft.config.train import TrainConfig
 from s3ft.errors import ConfigError, S3FTError
-from s3ft.train.config import TrainConfig
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -80,10 +81,13 @@ def main(argv: list[str] | None = None) -> int:
 
             run_worker(WorkerSpec(**json.loads(Path(args.worker_spec).read_text())))
             return 0
+        from s3ft.runtime.cluster import ray_cluster
         from s3ft.train.driver import train
+        from s3ft.train.launch import in_launched_rank
 
         run_dir, model, cfg = load_train_settings(args)
-        out = train(run_dir, model, cfg, data_path=Path(args.data) if args.data else None)
+        with ray_cluster() if cfg.launcher == "ray" and not in_launched_rank() else contextlib.nullcontext():
+            out = train(run_dir, model, cfg, data_path=Path(args.data) if args.data else None)
         if os.environ.get("RANK", "0") == "0":
             print(f"model written to {out}")
         return 0

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from s3ft.models.chat import IGNORE
 from s3ft.train.tokenize import TokenizedSet
 
-IGNORE = -100
 OPEN_BINS = 64  # first-fit looks this many bins back: near-optimal packing in linear time
 
 

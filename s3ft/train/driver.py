@@ -14,8 +14,8 @@ import re
 import shutil
 from pathlib import Path
 
+from s3ft.config.train import TrainConfig
 from s3ft.errors import ConfigError, ModelError
-from s3ft.train.config import TrainConfig
 from s3ft.train.loop import WorkerSpec, data_files
 
 log = logging.getLogger(__name__)
@@ -27,16 +27,15 @@ def train(run_dir: Path, model_path: str, cfg: TrainConfig, *, data_path: Path |
 
     With LoRA and `merge_lora: false` it returns run_dir/adapter (peft format) and writes no model/.
     """
-    from s3ft.train.launch import in_launched_rank, launch, launcher_session
+    from s3ft.train.launch import in_launched_rank, launch
     from s3ft.train.loop import run_worker
 
     run_dir = Path(run_dir).resolve()
-    with launcher_session(cfg):
-        spec = prepare(run_dir, model_path, cfg, data_path=data_path)
-        if in_launched_rank():  # under torchrun / the deepspeed launcher: this process is one rank
-            run_worker(spec)
-        else:
-            launch(spec, cfg)
+    spec = prepare(run_dir, model_path, cfg, data_path=data_path)
+    if in_launched_rank():  # under torchrun / the deepspeed launcher: this process is one rank
+        run_worker(spec)
+    else:
+        launch(spec, cfg)
     if cfg.lora is not None and not cfg.merge_lora:
         return run_dir / "adapter"
     model_dir = run_dir / "model"

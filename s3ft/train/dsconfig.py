@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from s3ft.config.train import TrainConfig
 from s3ft.errors import ConfigError
-from s3ft.train.config import TrainConfig
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "deepspeed"
 AUTO = "auto"

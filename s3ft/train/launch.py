@@ -15,13 +15,12 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
+from s3ft.config.train import TrainConfig
 from s3ft.errors import TrainingError
 from s3ft.train import checkpoint
-from s3ft.train.config import TrainConfig
 from s3ft.train.loop import WorkerSpec, run_worker
 
 RANK_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR")
@@ -63,6 +62,9 @@ def launch_ray(spec: WorkerSpec, cfg: TrainConfig) -> None:
     from ray.train import RunConfig, ScalingConfig, TrainingFailedError, WorkerGroupError
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from s3ft.runtime.cluster import require_ray
+
+    require_ray()
     trainer = TorchTrainer(
         _ray_worker,
         train_loop_config={"spec": spec.to_dict()},
@@ -86,25 +88,6 @@ def training_failed(spec: WorkerSpec, what: str) -> TrainingError:
               "is trained twice or skipped" if found else
               "no checkpoint was written yet, so running the same command again trains from the start")
     return TrainingError(f"training failed: {what}; {resume}")
-
-
-@contextmanager
-def launcher_session(cfg: TrainConfig) -> Iterator[None]:
-    """For Ray: join the running cluster (RAY_ADDRESS) or start a local one, and stop it only if we started it."""
-    if cfg.launcher != "ray" or in_launched_rank():
-        yield
-        return
-    import ray
-
-    from s3ft.pipeline.cluster import ensure_ray
-
-    started = not ray.is_initialized()
-    ensure_ray()
-    try:
-        yield
-    finally:
-        if started:
-            ray.shutdown()
 
 
 def _ray_worker(config: dict) -> None:

@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 
+from s3ft.config.train import TrainConfig, is_flash_attention
 from s3ft.train import checkpoint
 from s3ft.train.batching import Step, collate, flatten, plan_fingerprint, plan_steps
-from s3ft.train.config import TrainConfig, is_flash_attention
 from s3ft.train.tokenize import TokenizedSet
 
 CRASH_ENV = "S3FT_TRAIN_CRASH_AFTER_STEP"  # tests: die (like a killed job) right after this step

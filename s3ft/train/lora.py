@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from s3ft.train.config import LoraConfig
+from s3ft.config.train import LoraConfig
 
 
 def add_lora(model, cfg: LoraConfig):

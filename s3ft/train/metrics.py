@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from s3ft.train.config import TrainConfig
+from s3ft.config.train import TrainConfig
 
 # Dense bf16 peak TFLOP/s per device, for the MFU estimate.
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "H800": 989.0, "A100": 312.0, "A800": 312.0, "L40S": 362.0,

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from s3ft.config.train import TrainConfig
 from s3ft.train.batching import IGNORE
-from s3ft.train.config import TrainConfig
 
 
 def load_model(model_path: str, cfg: TrainConfig, ds_config: dict[str, Any], dtype: torch.dtype):

@@ -1,8 +1,5 @@
-"""Merged rows to token ids: the prompt through the chat template, then the target and EOS.
-
-Only target tokens (and the EOS that ends them) carry loss; the prompt is context. The prompt is
-rendered with `add_generation_prompt=True` and tokenized with `add_special_tokens=False`, exactly as
-the generation backends do, so the model is trained on the token sequence it produced at inference.
+"""Merged rows to token ids, through the one chat renderer (`s3ft.models.chat`): the prompt exactly as
+generation rendered it, then the target and EOS, which alone carry loss.
 """
 
 from __future__ import annotations
@@ -16,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from s3ft.errors import DataError, ModelError
+from s3ft.errors import DataError
+from s3ft.models.chat import Messages, encode_examples
 
 
 @dataclass
@@ -88,22 +86,18 @@ def read_merged(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             yield lineno, row
 
 
-def prompt_text(tokenizer, row: dict[str, Any], *, file: str, line: int) -> str:
-    """The prompt exactly as generation rendered it: chat template with the assistant turn opened."""
+def row_prompt(row: dict[str, Any], *, file: str, line: int) -> Messages | str:
+    """The row's prompt as the data engine stored it: a chat list (`messages`) or a plain `prompt` string."""
     messages = row.get("messages")
     if messages is None:
         prompt = row.get("prompt")
         if not isinstance(prompt, str):
             raise DataError("row needs 'messages' (chat list) or 'prompt' (string)", file=file, line=line,
                             field="messages")
-        if not tokenizer.chat_template:
-            return prompt
-        messages = [{"role": "user", "content": prompt}]
+        return prompt
     if not isinstance(messages, list) or not all(isinstance(m, dict) and "content" in m for m in messages):
         raise DataError("'messages' must be a list of {role, content}", file=file, line=line, field="messages")
-    if not tokenizer.chat_template:
-        raise ModelError("the tokenizer has no chat template, so 'messages' rows cannot be rendered")
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return messages
 
 
 def encode_row(tokenizer, row: dict[str, Any], *, file: str, line: int) -> tuple[list[int], list[int]]:
@@ -112,22 +106,15 @@ def encode_row(tokenizer, row: dict[str, Any], *, file: str, line: int) -> tuple
 
 
 def encode_batch(tokenizer, rows: list[tuple[int, dict[str, Any]]], *, file: str) -> list[tuple[list[int], list[int]]]:
-    """encode_row for many rows at once (one tokenizer call per side: fast tokenizers batch in Rust)."""
-    if tokenizer.eos_token_id is None:
-        raise ModelError("the tokenizer has no EOS token; s3ft appends EOS to every target")
-    if not rows:
-        return []
+    """encode_row for many rows at once."""
     prompts, targets = [], []
     for line, row in rows:
         target = row.get("target")
         if not isinstance(target, str):
             raise DataError("row needs a string 'target'", file=file, line=line, field="target")
-        prompts.append(prompt_text(tokenizer, row, file=file, line=line))
+        prompts.append(row_prompt(row, file=file, line=line))
         targets.append(target)
-    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    target_ids = tokenizer(targets, add_special_tokens=False)["input_ids"]
-    eos = tokenizer.eos_token_id
-    return [(p, t if t and t[-1] == eos else t + [eos]) for p, t in zip(prompt_ids, target_ids)]
+    return encode_examples(tokenizer, prompts, targets)
 
 
 def tokenize_rows(tokenizer, path: Path, *, max_seq_len: int, truncation: str,

@@ -8,7 +8,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from s3ft.pipeline.shards import ShardStore
+from s3ft.runtime.shards import ShardStore
 
 Shard = tuple[int, list[dict[str, Any]]]
 Mapper = Callable[[Iterable[Shard]], Iterator[Shard]]

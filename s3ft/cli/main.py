@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import itertools
 import logging
 import sys
-from collections import Counter
-from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
+from s3ft.config.judges import JUDGE_OPTIONS
 from s3ft.errors import S3FTError
 
+if TYPE_CHECKING:
+    from s3ft.config import RayConfig
+
 SET_HELP = "Override a config key, e.g. --set data.limit=100 --set generation.backend=hf (repeatable)."
-JUDGE_KINDS = ("code", "llm", "math", "python", "qa")  # what s3ft.judges registers (a test keeps them equal)
 
 
 def _config_command(sub: argparse._SubParsersAction, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -85,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         "answers or gold; python: what its function reads). Each output row is the input plus `correct` and "
         "`reason`; the llm judge's summary adds its unparseable verdicts and, with an audit, the agreement.",
     )
-    judge.add_argument("kind", help=f"Judge kind: {', '.join(JUDGE_KINDS)}.")
+    judge.add_argument("kind", help=f"Judge kind: {', '.join(sorted(JUDGE_OPTIONS))}.")
     judge.add_argument("--input", required=True, type=Path, help="JSONL rows to judge.")
     judge.add_argument("--output", required=True, type=Path, help="Where to write the judged rows (JSONL).")
     judge.add_argument("--set", dest="overrides", action="append", default=[], metavar="judge.KEY=VALUE",
@@ -118,13 +119,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _ray(settings: RayConfig | None, needed: bool = True) -> AbstractContextManager[None]:
+    """The command's Ray cluster (joined or started once, here) when it needs one."""
+    from s3ft.runtime.cluster import ray_cluster
+
+    return ray_cluster(settings) if needed else nullcontext()
+
+
 def cmd_data(args: argparse.Namespace) -> None:
+    from s3ft.cli.tables import print_stats
     from s3ft.config import load_config
     from s3ft.pipeline.data_engine import run_data
-    from s3ft.report_tables import print_stats
 
     config = load_config(args.config, args.overrides)
-    summary = run_data(config)
+    with _ray(config.ray, needed=config.selection.strategy != "sft"):
+        summary = run_data(config)
     print_stats(summary, Path(config.output_dir))
 
 
@@ -132,7 +141,9 @@ def cmd_run(args: argparse.Namespace) -> None:
     from s3ft.config import load_config
     from s3ft.pipeline.run import run_all
 
-    artefacts = run_all(load_config(args.config, args.overrides), args.from_stage)
+    config = load_config(args.config, args.overrides)
+    with _ray(config.ray):
+        artefacts = run_all(config, args.from_stage)
     print("s3ft run finished:")
     for name, path in artefacts.items():
         print(f"  {name:<14} {path}")
@@ -141,35 +152,34 @@ def cmd_run(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from s3ft.config import load_config
     from s3ft.models.resolve import resolve_model
-    from s3ft.pipeline.preflight import check_output_dir
+    from s3ft.runtime.preflight import check_output_dir
     from s3ft.train.driver import train
 
     config = load_config(args.config, args.overrides)
     check_output_dir(Path(config.output_dir))
-    if config.train.launcher == "ray":
-        from s3ft.pipeline.cluster import ensure_ray
-
-        ensure_ray(config.ray)
-    print(f"model written to {train(Path(config.output_dir), resolve_model(config.model), config.train)}")
+    with _ray(config.ray, needed=config.train.launcher == "ray"):
+        print(f"model written to {train(Path(config.output_dir), resolve_model(config.model), config.train)}")
 
 
 def cmd_plan(args: argparse.Namespace) -> None:
+    from s3ft.cli.tables import print_plan
     from s3ft.config import load_config
     from s3ft.plan import plan
-    from s3ft.report_tables import print_plan
 
     config = load_config(args.config, args.overrides)
     print_plan(plan(config, args.model_config), config)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
+    from s3ft.cli.tables import print_results
     from s3ft.config import load_config
     from s3ft.eval.results import results_path
     from s3ft.eval.run import run_eval
-    from s3ft.report_tables import print_results
 
     config = load_config(args.config, args.overrides)
-    print_results(run_eval(config), results_path(config.output_dir))
+    with _ray(config.ray):
+        results = run_eval(config)
+    print_results(results, results_path(config.output_dir))
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -186,45 +196,19 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_judge(args: argparse.Namespace) -> None:
-    from tqdm import tqdm
-
     from s3ft.config import JudgeConfig, apply_overrides, build_section, parse_override
-    from s3ft.data.sources import iter_records
-    from s3ft.errors import ConfigError, DataError
-    from s3ft.judges.run import judge_from_config, verdict_dict
-    from s3ft.pipeline.shards import write_jsonl
-    from s3ft.selection import count_verdict, judge_stats
+    from s3ft.errors import ConfigError
+    from s3ft.judges.files import judge_file
 
     for item in args.overrides:
         if (key := parse_override(item)[0])[0] != "judge":
             raise ConfigError(f"--set {'.'.join(key)}: `s3ft judge` takes judge.* keys only (e.g. judge.match=contains)")
     settings = apply_overrides({"judge": {"kind": args.kind}}, args.overrides)
     cfg = build_section(JudgeConfig, settings["judge"], "judge")
-    judge = judge_from_config(cfg)
-    if not args.input.is_file():
-        raise DataError("no such file", file=str(args.input))
-    counts: Counter[str] = Counter()
-
-    def judged() -> Iterator[dict[str, Any]]:
-        records = iter_records(str(args.input))
-        with tqdm(desc=f"judge {args.kind}", unit="row") as bar:
-            while chunk := list(itertools.islice(records, 256)):
-                for record in chunk:
-                    if record.row is None:
-                        raise DataError(record.error or "unreadable row", file=record.file, line=record.line)
-                for record, verdict in zip(chunk, judge.judge_batch([r.row for r in chunk]), strict=True):
-                    out = verdict_dict(verdict)
-                    counts["correct"] += verdict.correct
-                    count_verdict(out, counts)
-                    yield {**record.row, **out}
-                bar.update(len(chunk))
-
-    try:
-        total = write_jsonl(args.output, judged())
-    finally:
-        judge.close()
-    stats = judge_stats(counts)
-    print(f"{total} rows judged: {counts['correct']} correct, {total - counts['correct']} incorrect "
+    with _ray(None, needed=cfg.kind == "llm"):
+        stats = judge_file(cfg, args.input, args.output)
+    total, correct = stats["rows"], stats["correct"]
+    print(f"{total} rows judged: {correct} correct, {total - correct} incorrect "
           f"({stats['errors']} could not be judged) → {args.output}")
     if cfg.kind == "llm" and cfg.llm is not None:
         print(f"llm judge: {stats['unparseable']} unparseable verdict(s), counted as incorrect")
@@ -241,7 +225,7 @@ def cmd_init_tiny_model(args: argparse.Namespace) -> None:
 
 
 def cmd_wait_cluster(args: argparse.Namespace) -> None:
-    from s3ft.pipeline.cluster import wait_for_cluster
+    from s3ft.runtime.cluster import wait_for_cluster
 
     wait_for_cluster(args.address, args.nodes, args.timeout)
     print(f"Ray cluster at {args.address} is ready for jobs")
@@ -262,6 +246,3 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,5 +1,7 @@
-"""Join the Ray cluster once: the one named by RAY_ADDRESS (`ray job submit` sets it), else a local one;
-and wait until a cluster can take a job."""
+"""Ray start-up, owned here alone: the commands enter `ray_cluster()` once; every component below them
+(engine pool, judges, training launcher) only checks that Ray is up with `require_ray()`.
+
+Also: wait until a cluster can take a job."""
 
 from __future__ import annotations
 
@@ -7,6 +9,8 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from ipaddress import ip_address
 
 from s3ft.config import RayConfig
@@ -15,16 +19,38 @@ from s3ft.errors import S3FTError
 log = logging.getLogger(__name__)
 
 
-def ensure_ray(settings: RayConfig | None = None) -> None:
+@contextmanager
+def ray_cluster(settings: RayConfig | None = None) -> Iterator[None]:
+    """Ray for the length of a command: the running one, else the one RAY_ADDRESS names (`ray job submit`
+    sets it), else a local one started with `settings`; stops only a cluster it started."""
     import ray
 
-    if ray.is_initialized():
-        return
+    started = not ray.is_initialized()
+    if started:
+        _start(settings or RayConfig())
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def require_ray() -> None:
+    """Components use the cluster their command joined; they never start one with settings they do not know."""
+    import ray
+
+    if not ray.is_initialized():
+        raise S3FTError("Ray is not running: the s3ft commands start it; in a script, wrap the call in "
+                        "`with s3ft.runtime.cluster.ray_cluster(): ...`")
+
+
+def _start(settings: RayConfig) -> None:
+    import ray
+
     address = os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True, configure_logging=False)
         return
-    settings = settings or RayConfig()
     if settings.dashboard and not _is_loopback(settings.dashboard_host):
         log.warning("ray.dashboard_host is %s: the dashboard and its job API (which runs code) are reachable "
                     "from the network", settings.dashboard_host)

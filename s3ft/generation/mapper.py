@@ -1,6 +1,6 @@
-"""Stage mappers: generate into a row field through the engine pool, judge a field into verdicts.
+"""The generation stage's mapper: generate into a row field through the engine pool, shard by shard.
 
-The data engine and the in-domain evaluation are both chains of these two over shards.
+The data engine and the in-domain evaluation both chain it with the judges' mapper over shards.
 """
 
 from __future__ import annotations
@@ -9,10 +9,9 @@ import contextlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from s3ft.config import GenerationConfig, JudgeConfig, ModelConfig
+from s3ft.config import GenerationConfig, ModelConfig
 from s3ft.generation.base import Sampling
-from s3ft.judges.run import judge_shards
-from s3ft.pipeline.stage import Mapper, Shard
+from s3ft.runtime.stage import Mapper, Shard
 
 
 def lazy_pool(stack: contextlib.ExitStack, model: ModelConfig, gen: GenerationConfig) -> Callable[[], Any]:
@@ -52,29 +51,3 @@ def generate_into(
             yield index, rows
 
     return mapper
-
-
-def judge_into(cfg: JudgeConfig, field: str, verdict_field: str) -> Mapper:
-    """Judge each response in `field` (a list, or one text, or None) into `verdict_field`."""
-
-    def mapper(items: Iterable[Shard]) -> Iterator[Shard]:
-        waiting: dict[int, list[dict[str, Any]]] = {}
-
-        def feed() -> Iterator[tuple[int, list[dict[str, Any]]]]:
-            for index, rows in items:
-                waiting[index] = rows
-                yield index, [{**row, "response": r} for row in rows for r in _responses(row[field])]
-
-        for index, verdicts in judge_shards(cfg, feed()):
-            rows = waiting.pop(index)
-            it = iter(verdicts)
-            for row in rows:
-                found = [next(it) for _ in _responses(row[field])]
-                row[verdict_field] = found if isinstance(row[field], list) else (found[0] if found else None)
-            yield index, rows
-
-    return mapper
-
-
-def _responses(value: list[str] | str | None) -> list[str]:
-    return value if isinstance(value, list) else [] if value is None else [value]

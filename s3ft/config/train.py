@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from s3ft.section import Section
+from s3ft.config.section import Section
 
 # transformers turns restarting position ids into a block-diagonal mask for these, per sequence of a batch.
 MASKED_ATTENTION = ("sdpa", "eager", "flex_attention")

@@ -1,0 +1,81 @@
+"""The `judge` section and the options each judge kind takes.
+
+The option schemas live here, with the section that holds them, so that validating a config (and
+`s3ft --help`) knows every kind and option without importing a judge, its sandbox or its engines.
+A judge registers under a kind that has a schema here: adding a kind is its file plus one line below.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, model_validator
+
+from s3ft.config.section import Section
+from s3ft.config.stages import GenerationConfig, ModelConfig
+
+
+class NoOptions(Section):
+    """A judge whose settings all have keys of their own in the judge section."""
+
+
+class CodeOptions(Section):
+    timeout_s: float = Field(10.0, gt=0, description="Wall-clock limit of one program, seconds.")
+    memory_mb: int = Field(1024, gt=0, description="Memory limit of one program, MiB.")
+    num_workers: int = Field(0, ge=0, description="Programs run at once; 0 means one per usable CPU.")
+
+
+JUDGE_OPTIONS: dict[str, type[Section]] = {
+    "math": NoOptions,
+    "qa": NoOptions,
+    "code": CodeOptions,
+    "llm": NoOptions,
+    "python": NoOptions,
+}
+
+
+class LLMJudgeConfig(Section):
+    model: ModelConfig = Field(description="The judge model (often a larger instruct model than the one trained).")
+    generation: GenerationConfig = Field(
+        default_factory=lambda: GenerationConfig(max_tokens=64), description="How the judge model is served."
+    )
+    template: str | None = Field(None, description="Judge prompt with {question}, {gold}, {response}; default asks for a final 'correct'/'incorrect' line.")
+    audit_with: str | None = Field(None, description="A rule judge kind (qa, math) to compare verdicts with on a sample.")
+    audit_size: int = Field(100, gt=0, description="How many rows the audit compares.")
+
+
+class JudgeConfig(Section):
+    kind: str = Field("math", description=f"{' | '.join(JUDGE_OPTIONS)} (python: then `target`).")
+    match: Literal["exact", "contains"] = Field("exact", description="qa: exact match, or a gold as a whole-word span.")
+    target: str | None = Field(None, description="python judge: 'package.module:function'.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Extra options of the judge (code: timeout_s, memory_mb, num_workers).")
+    llm: LLMJudgeConfig | None = Field(None, description="llm judge: its model, serving and prompt.")
+    num_workers: int = Field(0, ge=0, description="Parallel Ray tasks; 0 means one per CPU of the cluster.")
+
+    @model_validator(mode="after")
+    def _kind_has_its_settings(self) -> JudgeConfig:
+        if self.kind not in JUDGE_OPTIONS:
+            raise ValueError(f"unknown judge kind '{self.kind}'; known: {', '.join(sorted(JUDGE_OPTIONS))}")
+        if self.kind == "python" and not self.target:
+            raise ValueError("judge.kind 'python' needs judge.target: 'package.module:function'")
+        if self.kind == "llm" and self.llm is None:
+            raise ValueError("judge.kind 'llm' needs a judge.llm section with at least model.path")
+        self.kind_options()
+        return self
+
+    def kind_options(self) -> dict[str, Any]:
+        """`options` checked against the kind's schema, defaults filled in: what the judge is built with."""
+        schema = JUDGE_OPTIONS[self.kind]
+        try:
+            return schema.model_validate(self.options).model_dump()
+        except ValidationError as exc:
+            unknown = sorted(str(e["loc"][0]) for e in exc.errors() if e["type"] == "extra_forbidden")
+            if unknown:
+                raise ValueError(f"judge.options: unknown option(s) {', '.join(unknown)} for the '{self.kind}' judge; "
+                                 f"allowed: {', '.join(sorted(schema.model_fields)) or 'none'}") from None
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise ValueError(f"judge.options for the '{self.kind}' judge: {problems}") from None
+
+    def cache_key(self) -> dict[str, Any]:
+        """The settings that decide verdicts: a stage's cache key (how many workers judge does not)."""
+        return self.model_dump(exclude={"num_workers"})
