@@ -73,9 +73,20 @@ class LLMJudgeConfig(Section):
     generation: GenerationConfig = Field(
         default_factory=lambda: GenerationConfig(max_tokens=64), description="How the judge model is served."
     )
-    template: str | None = Field(None, description="Judge prompt with {question}, {gold}, {response}; default asks for a final 'correct'/'incorrect' line.")
+    template: str | None = Field(None, description="Judge prompt: {question}, {gold}, {response} become fenced data blocks, {nonce} their code; the instruction must follow them.")
     audit_with: str | None = Field(None, description="A rule judge kind (qa, math) to compare verdicts with on a sample.")
     audit_size: int = Field(100, gt=0, description="How many rows the audit compares.")
+
+    @model_validator(mode="after")
+    def _template_reads_the_answer_as_data(self) -> LLMJudgeConfig:
+        if self.template is not None:
+            from s3ft.judges.fence import check_template
+
+            try:
+                check_template(self.template)
+            except ConfigError as err:
+                raise ValueError(str(err)) from None
+        return self
 
 
 class JudgeConfig(Section):
