@@ -268,3 +268,11 @@ def test_off_the_main_thread_math_verify_refuses_rather_than_run_unbounded() -> 
     worker.start()
     worker.join(60)
     assert out == [Verdict(False, "error: math-verify needs the main thread for its timeout")]
+
+
+def test_a_hedge_after_the_stated_answer_counts() -> None:
+    """GSM8K golds often say "the answer is 8" mid-way; a boxed hedge after it is still a hedge."""
+    response = "So 8 own both.\nThe answer is 8.\nIt could be $\\boxed{8 \\text{ or } 9}$."
+    assert MathJudge().judge_row({"response": response, "gold": "#### 8"}) == Verdict(False, "hedged: 8 or 9")
+    calm = "The answer is 17.\n(Each box holds 2 or 3 apples.)"
+    assert MathJudge().judge_row({"response": calm, "gold": "#### 17"}) == Verdict(True, "match: 17")

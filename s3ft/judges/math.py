@@ -115,18 +115,23 @@ class MathJudge(Judge):
 
 def hedged(text: str) -> str | None:
     """The alternatives, when the final answer of `text` is one of several numbers offered with "or"
-    ("17 or 18", "it could be 16, 17 or 18", `\\boxed{17} or \\boxed{18}`); else None."""
+    ("17 or 18", "it could be 16, 17 or 18", `\\boxed{17} or \\boxed{18}`), there or in a last
+    box or last number after it ("The answer is 8. Or maybe 9: \\boxed{8 or 9}"); else None."""
     text = _delatex(text)
     found = _final_answer(text)
     if found is None:
         return None
-    lo = max(text.rfind("\n", 0, found.start()) + 1, found.start() - 200)
-    window = _HEDGE_NOISE.sub(lambda m: " " * len(m.group()), text[lo : found.end() + 200])  # offsets kept
-    at = found.start() - lo
-    for group in _HEDGE.finditer(window):
-        values = {parse_number(n) for n in _NUMBER.findall(group.group())}
-        if group.start() <= at < group.end() and len(values) > 1:
-            return " ".join(group.group().split())
+    answer = parse_number(found.group())
+    boxed = _last_boxed(text)
+    numbers = list(_NUMBER.finditer(text))
+    candidates = [found, _NUMBER.search(text, *boxed) if boxed else None, numbers[-1]]
+    for at in dict.fromkeys(m.start() for m in candidates if m is not None):
+        lo = max(text.rfind("\n", 0, at) + 1, at - 200)
+        window = _HEDGE_NOISE.sub(lambda m: " " * len(m.group()), text[lo : at + 200])  # offsets kept
+        for group in _HEDGE.finditer(window):
+            values = {parse_number(n) for n in _NUMBER.findall(group.group())}
+            if group.start() <= at - lo < group.end() and len(values) > 1 and answer in values:
+                return " ".join(group.group().split())
     return None
 
 
