@@ -6,16 +6,19 @@ s3ft  own response, else the model's judged-correct paraphrase of the gold, else
 rft   every distinct correct sample as its own row (`ID#k`), else gold (Rejection-sampling FT).
 
 Rows from the judge stage carry `responses` (list) and `verdicts` (one {correct, reason} each);
-the paraphrase stage adds `paraphrase` and `paraphrase_verdict`.
+the paraphrase stage adds `paraphrase` and `paraphrase_verdict`. A paraphrase the judge passed is
+still refused when the leak check finds it speaking of its prompt (`s3ft.data.leaks`); such rows
+train on gold and are counted as `paraphrase_leaked`.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 SOURCES = ("self", "paraphrase", "gold")
+LeakCheck = Callable[[str, str], "str | None"]  # (paraphrase, training prompt) -> the leaking phrase, or None
 
 
 def _merged(row: dict[str, Any], *, target: str, source: str, reason: str, **fields: Any) -> dict[str, Any]:
@@ -27,6 +30,7 @@ def _merged(row: dict[str, Any], *, target: str, source: str, reason: str, **fie
         "response_correct": None,
         "paraphrase": row.get("paraphrase"),
         "paraphrase_correct": (row.get("paraphrase_verdict") or {}).get("correct"),
+        "paraphrase_leak": None,
         "target": target,
         "source": source,
         "judge_reason": reason,
@@ -38,7 +42,7 @@ def needs_paraphrase(row: dict[str, Any]) -> bool:
     return not any(v["correct"] for v in row["verdicts"])
 
 
-def select_row(row: dict[str, Any], strategy: str) -> list[dict[str, Any]]:
+def select_row(row: dict[str, Any], strategy: str, leak: LeakCheck | None = None) -> list[dict[str, Any]]:
     if strategy == "sft":
         return [_merged(row, target=row["gold"], source="gold", reason="sft: gold by construction")]
     if strategy == "rft":
@@ -48,10 +52,20 @@ def select_row(row: dict[str, Any], strategy: str) -> list[dict[str, Any]]:
     if verdict["correct"]:
         return [_merged(row, target=response, source="self", reason=verdict["reason"], **own)]
     para = row.get("paraphrase_verdict")
-    if strategy == "s3ft" and para and para["correct"]:
+    usable = strategy == "s3ft" and para is not None and para["correct"]
+    leaked = leak(row["paraphrase"], _prompt_text(row)) if usable and leak else None
+    if usable and leaked is None:
         return [_merged(row, target=row["paraphrase"], source="paraphrase", reason=para["reason"], **own)]
     reason = f"response: {verdict['reason']}" + (f"; paraphrase: {para['reason']}" if para else "")
-    return [_merged(row, target=row["gold"], source="gold", reason=reason, **own)]
+    if leaked is not None:
+        reason += f", but leaks its prompt ({leaked!r})"
+    return [_merged(row, target=row["gold"], source="gold", reason=reason, paraphrase_leak=leaked, **own)]
+
+
+def _prompt_text(row: dict[str, Any]) -> str:
+    """What the model reads at training time: a phrase from it is no leak."""
+    messages = row["messages"]
+    return messages if isinstance(messages, str) else "\n".join(str(m.get("content", "")) for m in messages)
 
 
 def _select_rft(row: dict[str, Any]) -> list[dict[str, Any]]:
@@ -71,13 +85,17 @@ def _select_rft(row: dict[str, Any]) -> list[dict[str, Any]]:
                     response=row["responses"][0], response_correct=False)]
 
 
-def select_all(rows: Iterable[dict[str, Any]], strategy: str, counts: Counter[str]) -> Iterator[dict[str, Any]]:
-    """Stream merged rows, counting sources (and what the judge could not decide) into `counts`."""
+def select_all(
+    rows: Iterable[dict[str, Any]], strategy: str, counts: Counter[str], leak: LeakCheck | None = None
+) -> Iterator[dict[str, Any]]:
+    """Stream merged rows, counting sources (and what the judge could not decide, and leaked
+    paraphrases) into `counts`."""
     for row in rows:
         counts["examples"] += 1
         _count_verdicts(row, counts)
-        for merged in select_row(row, strategy):
+        for merged in select_row(row, strategy, leak):
             counts[merged["source"]] += 1
+            counts["paraphrase_leaked"] += merged["paraphrase_leak"] is not None
             yield merged
 
 
@@ -113,6 +131,7 @@ def stats(strategy: str, counts: Counter[str], **extra: Any) -> dict[str, Any]:
         "examples": counts["examples"],
         **{s: counts[s] for s in SOURCES},
         "share": {s: round(counts[s] / total, 4) if total else 0.0 for s in SOURCES},
+        "paraphrase_leaked": counts["paraphrase_leaked"],
         "judge": judge_stats(counts),
         **extra,
     }

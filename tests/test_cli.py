@@ -1,4 +1,5 @@
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -65,7 +66,7 @@ def test_judge_code_runs_each_program_in_the_sandbox(tmp_path: Path, capsys: pyt
 
 
 class EchoJudgeModel:
-    """Stands in for the judge model's engines and tokenizer: its reply is the prompt it was given."""
+    """Stands in for the judge model's engines and tokenizer: its reply is the response it was shown."""
 
     chat_template = "echo"
 
@@ -73,13 +74,16 @@ class EchoJudgeModel:
         return messages[-1]["content"]
 
     def generate_shards(self, shards: list[tuple[int, list[str]]], sampling: object) -> list[tuple[int, list[list[str]]]]:
-        return [(key, [[prompt] for prompt in prompts]) for key, prompts in shards]
+        def response(prompt: str) -> str:
+            return re.search(r"<<<RESPONSE (\w+)>>>\n(.*?)\n<<<END RESPONSE \1>>>", prompt, re.DOTALL).group(2)
+
+        return [(key, [[response(prompt)] for prompt in prompts]) for key, prompts in shards]
 
 
 def test_judge_llm_reports_unparseable_verdicts_and_the_audit(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With the prompt `{response}` and an echoing model, each response is its own verdict line."""
+    """With a model that echoes the response block, each response is its own verdict line."""
     from s3ft.judges.llm import LLMJudge
 
     monkeypatch.setattr(LLMJudge, "_engine", lambda self: (EchoJudgeModel(), EchoJudgeModel()))
@@ -92,7 +96,7 @@ def test_judge_llm_reports_unparseable_verdicts_and_the_audit(
     src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
     args = ["judge", "llm", "--input", str(src), "--output", str(dst), "--set", "judge.llm.model.path=unused",
-            "--set", 'judge.llm.template="{response}"', "--set", "judge.llm.audit_with=qa"]  # fmt: skip
+            "--set", "judge.llm.audit_with=qa"]
     assert main(args) == 0
     assert [json.loads(line)["correct"] for line in dst.read_text().splitlines()] == [True, False, False, True]
     out = capsys.readouterr().out

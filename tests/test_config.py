@@ -43,7 +43,7 @@ def test_unknown_key_names_the_key_and_what_is_allowed(tmp_path: Path) -> None:
         ("selection.strategy=best", "'sft', 'ssr', 's3ft' or 'rft'"),
         ("judge.kind=python", "judge.target"),
         ("judge.kind=rouge", "unknown judge kind 'rouge'; known: code, llm, math, python, qa"),
-        ("judge.options.bogus=1", "unknown option(s) bogus for the 'math' judge; allowed: none"),
+        ("judge.options.bogus=1", "unknown option(s) bogus for the 'math' judge; allowed: timeout_s, verifier"),
         ("generation.backend=hf", None),
     ],
 )

@@ -105,6 +105,13 @@ def test_rerun_skips_finished_work_and_a_changed_setting_reruns_only_what_it_dec
     shards = shard_times(out)
     assert run_data(config) == first
     assert shard_times(out) == shards
+    assert (first["paraphrase"], first["paraphrase_leaked"]) == (2, 0)
+
+    # the leak check runs at selection: refusing the paraphrases ("It is 35. ...") judges nothing again
+    leaky = run_data(load_config(config_file(engine_workspace, out, generation__backend="hf",
+                                             paraphrase__extra_leak_phrases=["it is"])))
+    assert (leaky["paraphrase"], leaky["gold"], leaky["paraphrase_leaked"]) == (0, first["gold"] + 2, 2)
+    assert shard_times(out) == shards
 
     before = stage_dirs(out)
     run_data(load_config(config_file(engine_workspace, out, generation__backend="hf",

@@ -19,8 +19,8 @@ import pytest
 from s3ft.config import GenerationConfig, ModelConfig
 from s3ft.errors import ModelError
 from s3ft.generation import BACKENDS, Sampling
-from s3ft.generation.ray_pool import GenerationPool
 from s3ft.generation.hf_backend import cut_at_stop
+from s3ft.generation.ray_pool import GenerationPool
 
 Pairs = list[tuple[str, str]]
 GREEDY = Sampling(max_tokens=40)

@@ -1,14 +1,18 @@
-"""The math judge on every real GSM8K gold, and on each answer format a model writes."""
+"""The math judge on every real GSM8K gold, on each answer format a model writes, on hedged
+answers, and on MATH-style LaTeX answers through math-verify."""
 
 from __future__ import annotations
 
 import json
+import threading
+import time
 from fractions import Fraction
 from pathlib import Path
 
 import pytest
 
-from s3ft.judges import build_judge
+from s3ft.errors import JudgeError
+from s3ft.judges import Verdict, build_judge
 from s3ft.judges.math import MathJudge, extract_answer, parse_number
 
 GSM8K = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "gsm8k"
@@ -152,3 +156,123 @@ def test_missing_fields_are_error_rows_not_exceptions() -> None:
     assert [v.correct for v in verdicts] == [False, False, False, True]
     assert verdicts[0].reason == "error: missing field(s) gold"
     assert verdicts[1].reason == verdicts[2].reason == "error: missing field(s) response"
+
+
+@pytest.mark.parametrize(
+    ("response", "hedge"),
+    [
+        ("The answer is 17 or 18", "17 or 18"),
+        ("Hmm, it could be 16, 17 or 18", "16, 17 or 18"),
+        ("#### 17 or 18", "17 or 18"),
+        ("\\boxed{17} or \\boxed{18}", "17 or 18"),
+        ("\\boxed{17 \\text{ or } 18}", "17 or 18"),
+        ("The answer is 17 or maybe 18.", "17 or maybe 18"),
+        ("So 18 OR 17", "18 OR 17"),
+        ("The answer is **17** or **18**", "17 or 18"),
+        ("She spent $17, or perhaps $18.", "$17, or perhaps $18"),
+    ],
+)
+def test_a_hedged_answer_is_incorrect_even_when_it_names_the_gold(response: str, hedge: str) -> None:
+    verdict = MathJudge().judge_row({"response": response, "gold": "Some steps.\n#### 17"})
+    assert (verdict.correct, verdict.reason) == (False, f"hedged: {hedge}")
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        "She needs 2 or 3 boxes per shelf, so 17 in all.",  # an "or" in the reasoning, not in the answer
+        "It is 17 or 17.0",  # one number written twice
+        "Either way, the answer is 17.",
+        "1 or 2 apples fall each day.\n#### 17",
+    ],
+)
+def test_an_or_that_offers_no_other_answer_is_no_hedge(response: str) -> None:
+    assert MathJudge().judge_row({"response": response, "gold": "#### 17"}) == Verdict(True, "match: 17")
+
+
+def test_every_gsm8k_gold_offered_as_the_answer_or_the_next_number_is_a_hedge(golds: list[str]) -> None:
+    rows = [{"response": with_final(g, f"The answer is {final_number(g)} or {final_number(g) + 1}."), "gold": g}
+            for g in golds]
+    verdicts = MathJudge().judge_batch(rows)
+    assert all(v.reason.startswith("hedged: ") for v in verdicts), [v.reason for v in verdicts if v.correct][:3]
+
+
+MATH_CASES = [
+    # (response, gold, correct): MATH-style answers go to math-verify
+    ("$\\sqrt{2}$", "\\boxed{\\sqrt{2}}", True),
+    ("so it is \\boxed{\\frac{2}{\\sqrt{2}}}", "\\boxed{\\sqrt{2}}", True),
+    ("\\boxed{2}", "\\boxed{\\sqrt{2}}", False),
+    ("\\boxed{[1,3)}", "\\boxed{[1, 3)}", True),
+    ("\\boxed{(1, 3)}", "\\boxed{[1, 3)}", False),
+    ("\\boxed{\\{2, 1\\}}", "\\boxed{\\{1, 2\\}}", True),
+    ("\\boxed{\\{1, 2, 3\\}}", "\\boxed{\\{1, 2\\}}", False),
+    ("\\boxed{x(x+2)}", "\\boxed{x^2 + 2x}", True),
+    ("\\boxed{x^2 + 2}", "\\boxed{x^2 + 2x}", False),
+    ("x = \\boxed{\\frac{\\pi}{4}}", "\\boxed{\\frac{\\pi}{4}}", True),
+    ("\\boxed{1 \\text{ or } 2}", "\\boxed{1, 2}", True),  # both roots: the gold asks for two values
+    ("\\boxed{\\sqrt{4}}", "#### 2", True),  # a numeric gold, a LaTeX response
+    ("\\boxed{0.5}", "\\boxed{\\frac{1}{2}}", True),  # a fraction is a number: compared exactly
+    ("\\boxed{\\frac{1}{3}}", "\\boxed{\\frac{1}{2}}", False),
+]
+
+
+@pytest.mark.parametrize(("response", "gold", "correct"), MATH_CASES)
+def test_math_style_answers(response: str, gold: str, correct: bool) -> None:
+    verdict = MathJudge().judge_row({"response": response, "gold": gold})
+    assert verdict.correct is correct, verdict.reason
+
+
+def test_the_verifier_option() -> None:
+    row = {"response": "\\boxed{\\sqrt{4}}", "gold": "#### 2"}
+    assert MathJudge(verifier="number").judge_row(row) == Verdict(False, "mismatch: got 4, expected 2")
+    assert MathJudge(verifier="math_verify").judge_row(row).reason == "math-verify match: got \\sqrt{4}, expected 2"
+    plain = MathJudge(verifier="math_verify").judge_row({"response": "The answer is $1,200.", "gold": "#### 1200"})
+    assert plain == Verdict(True, "math-verify match: got 1,200, expected 1200")
+    with pytest.raises(JudgeError, match="verifier must be one of auto, number, math_verify"):
+        MathJudge(verifier="sympy")  # type: ignore[arg-type]
+    from s3ft.config import JudgeConfig, build_section
+
+    cfg = build_section(JudgeConfig, {"kind": "math", "options": {"verifier": "math_verify", "timeout_s": 3}}, "judge")
+    assert cfg.options == {"verifier": "math_verify", "timeout_s": 3}
+
+
+def test_math_verify_agrees_on_gsm8k_golds_read_as_latex() -> None:
+    golds = load_golds("train")[:200]
+    judge = MathJudge(verifier="math_verify")
+    assert all(judge.judge_row({"response": g, "gold": g}).correct for g in golds)
+    plus_one = [{"response": with_final(g, f"#### {final_number(g) + 1}"), "gold": g} for g in golds]
+    assert not any(v.correct for v in judge.judge_batch(plus_one))
+
+
+def test_untrusted_text_reaches_no_eval(tmp_path: Path) -> None:
+    """math-verify's plain-expression reader is sympy's parse_expr (an eval); it is never used."""
+    marker = tmp_path / "pwned"
+    attack = f"__import__('os').system('touch {marker}')"
+    for verifier in ("auto", "math_verify"):
+        for row in ({"response": attack, "gold": "\\boxed{\\sqrt{2}}"}, {"response": "\\boxed{1}", "gold": attack}):
+            assert not MathJudge(verifier=verifier).judge_row(row).correct
+    assert not marker.exists()
+
+
+def test_a_tower_of_powers_ends_in_time() -> None:
+    start = time.perf_counter()
+    verdict = MathJudge(timeout_s=2).judge_row(
+        {"response": "\\boxed{2^{2^{2^{2^{2^{100}}}}}}", "gold": "\\boxed{2^{2^{2^{2^{2^{100}}}}} + 1}"})
+    assert not verdict.correct and time.perf_counter() - start < 10
+
+
+def test_off_the_main_thread_math_verify_refuses_rather_than_run_unbounded() -> None:
+    out: list[Verdict] = []
+    worker = threading.Thread(target=lambda: out.append(MathJudge().judge_row({"response": "$\\sqrt{2}$",
+                                                                               "gold": "\\boxed{\\sqrt{2}}"})))
+    worker.start()
+    worker.join(60)
+    assert out == [Verdict(False, "error: math-verify needs the main thread for its timeout")]
+
+
+def test_a_hedge_after_the_stated_answer_counts() -> None:
+    """GSM8K golds often say "the answer is 8" mid-way; a boxed hedge after it is still a hedge."""
+    response = "So 8 own both.\nThe answer is 8.\nIt could be $\\boxed{8 \\text{ or } 9}$."
+    assert MathJudge().judge_row({"response": response, "gold": "#### 8"}) == Verdict(False, "hedged: 8 or 9")
+    calm = "The answer is 17.\n(Each box holds 2 or 3 apples.)"
+    assert MathJudge().judge_row({"response": calm, "gold": "#### 17"}) == Verdict(True, "match: 17")

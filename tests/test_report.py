@@ -15,7 +15,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 BASE = {"mmlu": 0.59, "truthfulqa_mc2": 0.67, "hellaswag": 0.80, "winogrande": 0.75}
 
 
-def _run_dir(root: Path, name: str, strategy: str, seed: int, counts: dict[str, int]) -> Path:
+def _run_dir(root: Path, name: str, strategy: str, seed: int, counts: dict[str, int], leaked: int | None = None) -> Path:
     run = root / name
     (run / "data").mkdir(parents=True)
     config = {"output_dir": str(run), "seed": seed, "model": {"path": "/models/base-7b"},
@@ -23,6 +23,8 @@ def _run_dir(root: Path, name: str, strategy: str, seed: int, counts: dict[str, 
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     total = sum(counts.values())
     stats = {"strategy": strategy, "total": total, **counts, "share": {k: v / total for k, v in counts.items()}}
+    if leaked is not None:
+        stats["paraphrase_leaked"] = leaked
     (run / "data" / "stats.json").write_text(json.dumps(stats))
     return run
 
@@ -30,7 +32,7 @@ def _run_dir(root: Path, name: str, strategy: str, seed: int, counts: dict[str, 
 @pytest.fixture
 def two_runs(tmp_path: Path) -> list[Path]:
     sft = _run_dir(tmp_path, "sft-gsm8k", "sft", 0, {"self": 0, "paraphrase": 0, "gold": 100})
-    s3ft = _run_dir(tmp_path, "s3ft-gsm8k", "s3ft", 1, {"self": 99, "paraphrase": 84, "gold": 17})
+    s3ft = _run_dir(tmp_path, "s3ft-gsm8k", "s3ft", 1, {"self": 99, "paraphrase": 84, "gold": 17}, leaked=6)
     for run, in_domain, trained in [
         (sft, 0.534, {"mmlu": 0.55, "truthfulqa_mc2": 0.64, "hellaswag": 0.78, "winogrande": 0.74}),
         # arc_challenge has no base score: it must stay out of the average change.
@@ -83,8 +85,10 @@ def test_report_tables_and_arithmetic(two_runs: list[Path], tmp_path: Path) -> N
     assert "| sft-gsm8k | sft | 0 | 53.4 | +13.1 | 55.0 | 64.0 | 78.0 | 74.0 | — | -2.5 |" in lines
     assert "| s3ft-gsm8k | s3ft | 1 | 56.9 | +16.6 | 58.0 | 66.5 | 80.0 | 74.5 | 50.0 | -0.5 |" in lines
     assert "In-domain test sets: gsm8k n=1319. " in text
-    assert "| sft-gsm8k | sft | 100 | 0 (0.0%) | 0 (0.0%) | 100 (100.0%) |" in lines
-    assert "| s3ft-gsm8k | s3ft | 200 | 99 (49.5%) | 84 (42.0%) | 17 (8.5%) |" in lines
+    assert "| run | strategy | total | self | paraphrase | gold | paraphrases leaked |" in lines
+    assert "| sft-gsm8k | sft | 100 | 0 (0.0%) | 0 (0.0%) | 100 (100.0%) | — |" in lines  # stats.json without the count
+    assert "| s3ft-gsm8k | s3ft | 200 | 99 (49.5%) | 84 (42.0%) | 17 (8.5%) | 6 |" in lines
+    assert any(line.startswith("paraphrases leaked: rewrites the judge passed") for line in lines)
     assert "| s3ft-gsm8k | /models/base-7b | 0.410 (10) | 0.830 (5) | 1.370 (3) |" in lines
     assert "| sft-gsm8k | — | — | — | — |" in lines
     assert f"| s3ft-gsm8k | {two_runs[1]} | s3ft | 1 | /models/base-7b | {two_runs[1] / 'model'} |" in lines
@@ -113,7 +117,7 @@ def test_missing_pieces_render_as_dashes(tmp_path: Path) -> None:
     assert "| bare | — | — | — | — |" in lines  # Δ in-domain, Δ general: nothing to compare
     assert "| broken | ssr | 3 | — | — |" in lines
     assert "| bare#2 | — | — | — | — |" in lines
-    assert "| broken | ssr | 2 | 1 (50.0%) | — | 1 (50.0%) |" in lines
+    assert "| broken | ssr | 2 | 1 (50.0%) | — | 1 (50.0%) | — |" in lines
     assert any(line.startswith("- broken: ") and "not valid JSON" in line for line in lines)
     assert png.read_bytes().startswith(PNG_MAGIC)
     with pytest.raises(ReportError, match="not a run directory"):

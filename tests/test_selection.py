@@ -62,3 +62,33 @@ def test_stats_count_what_the_judge_could_not_decide() -> None:
     list(select_all([row(["a"], [unparseable]), row(["b"], [error], "4", audited_ok)], "s3ft", counts))
     judge = stats("s3ft", counts)["judge"]
     assert judge == {"verdicts": 3, "errors": 1, "unparseable": 1, "audit": {"rows": 2, "agreement": 0.5}}
+
+
+def test_a_correct_paraphrase_that_leaks_its_prompt_is_refused_and_counted() -> None:
+    from s3ft.config import ParaphraseConfig
+    from s3ft.data.leaks import leak_check
+
+    leak = leak_check("gsm8k", ParaphraseConfig())
+    leaky = row(["5"], [BAD], "As the reference solution shows, it is 4", OK)
+    clean = row(["5"], [BAD], "it is 4", OK)
+    (merged,) = select_row(leaky, "s3ft", leak)
+    assert (merged["source"], merged["target"], merged["paraphrase_leak"]) == ("gold", "#### 4", "the reference")
+    assert merged["paraphrase_correct"] is True  # the judge passed it; the leak check did not
+    assert merged["judge_reason"].endswith("paraphrase: match: 4, but leaks its prompt ('the reference')")
+    assert select_row(leaky, "s3ft")[0]["source"] == "paraphrase"  # no check: the judge alone decides
+    counts: Counter[str] = Counter()
+    merged_rows = list(select_all([leaky, clean, row(["4"], [OK]), leaky], "s3ft", counts, leak))
+    summary = stats("s3ft", counts)
+    assert [m["source"] for m in merged_rows] == ["gold", "paraphrase", "self", "gold"]
+    assert (summary["paraphrase_leaked"], summary["paraphrase"], summary["gold"]) == (2, 1, 2)
+
+
+def test_words_of_the_training_prompt_are_no_leak() -> None:
+    from s3ft.config import ParaphraseConfig
+    from s3ft.data.leaks import leak_check
+
+    example = row(["5"], [BAD], "Your task: add them. It is 4", OK)
+    leak = leak_check("gsm8k", ParaphraseConfig())
+    assert select_row(example, "s3ft", leak)[0]["source"] == "gold"
+    example["messages"] = [{"role": "user", "content": "Your task: what is 2+2?"}]
+    assert select_row(example, "s3ft", leak)[0]["source"] == "paraphrase"

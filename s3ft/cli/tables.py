@@ -24,6 +24,9 @@ def print_stats(summary: dict[str, Any], run_dir: Path) -> None:
     table.add_row("total", str(summary["total"]), "100.0%", style="bold")
     console = Console()
     console.print(table)
+    if summary.get("paraphrase_leaked"):
+        console.print(f"paraphrase: {summary['paraphrase_leaked']} judged correct but refused for leaking their prompt "
+                      "(trained on gold)")
     judge = summary["judge"]
     if judge["errors"] or judge["unparseable"]:
         console.print(f"[yellow]judge: {judge['errors']} rows could not be judged, {judge['unparseable']} verdicts were "

@@ -7,6 +7,7 @@ A judge registers under a kind that has a schema here: adding a kind is its file
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
@@ -19,6 +20,13 @@ class NoOptions(Section):
     """A judge whose settings all have keys of their own in the judge section."""
 
 
+class MathOptions(Section):
+    verifier: Literal["auto", "number", "math_verify"] = Field(
+        "auto", description="auto: numbers compared as numbers, LaTeX/MATH-style gold through math-verify; "
+        "number: numbers only; math_verify: always math-verify.")
+    timeout_s: int = Field(5, gt=0, description="math-verify's time limit per answer, seconds.")
+
+
 class CodeOptions(Section):
     timeout_s: float = Field(10.0, gt=0, description="Wall-clock limit of one program, seconds.")
     memory_mb: int = Field(1024, gt=0, description="Memory limit of one program, MiB.")
@@ -26,7 +34,7 @@ class CodeOptions(Section):
 
 
 JUDGE_OPTIONS: dict[str, type[Section]] = {
-    "math": NoOptions,
+    "math": MathOptions,
     "qa": NoOptions,
     "code": CodeOptions,
     "llm": NoOptions,
@@ -39,9 +47,29 @@ class LLMJudgeConfig(Section):
     generation: GenerationConfig = Field(
         default_factory=lambda: GenerationConfig(max_tokens=64), description="How the judge model is served."
     )
-    template: str | None = Field(None, description="Judge prompt with {question}, {gold}, {response}; default asks for a final 'correct'/'incorrect' line.")
+    template: str | None = Field(None, description="Judge prompt: {question}, {gold}, {response} become fenced data blocks, {nonce} their code; the instruction must follow them.")
     audit_with: str | None = Field(None, description="A rule judge kind (qa, math) to compare verdicts with on a sample.")
     audit_size: int = Field(100, gt=0, description="How many rows the audit compares.")
+
+    @model_validator(mode="after")
+    def _template_reads_the_answer_as_data(self) -> LLMJudgeConfig:
+        if self.template is not None:
+            check_judge_template(self.template)
+        return self
+
+
+JUDGED_FIELDS = ("question", "gold", "response")  # the data blocks of an LLM judge's prompt
+_JUDGED_FIELD = re.compile(r"\{(" + "|".join(JUDGED_FIELDS) + r")\}")
+
+
+def check_judge_template(template: str) -> None:
+    """A judge template must hold the response and end with the instruction, after every data block."""
+    fields = list(_JUDGED_FIELD.finditer(template))
+    if "response" not in {m.group(1) for m in fields}:
+        raise ValueError("judge.llm.template: needs a {response} placeholder")
+    if not template[fields[-1].end():].strip():
+        raise ValueError("judge.llm.template: the instruction must come after the data ({question}, {gold}, "
+                         "{response}); nothing follows the last of them")
 
 
 class JudgeConfig(Section):

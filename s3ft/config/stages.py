@@ -57,6 +57,9 @@ class GenerationConfig(Section):
 
 class ParaphraseConfig(Section):
     template: str | None = Field(None, description="Override of the task's paraphrase prompt ({question}, {gold}).")
+    leak_check: bool = Field(True, description="Refuse paraphrases that mention the reference, the rewriting or the prompt's framing: their rows train on gold.")
+    leak_phrases: list[str] | None = Field(None, description="Phrases that mark a leaking paraphrase (case-insensitive, whole words); none: the task's defaults (s3ft/data/leaks.py).")
+    extra_leak_phrases: list[str] = Field(default_factory=list, description="Phrases added to leak_phrases or to the task's defaults.")
 
 
 class SelectionConfig(Section):

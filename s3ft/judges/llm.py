@@ -1,7 +1,9 @@
 """The `llm` judge: a judge model, served like the generator, reads question, gold and prediction.
 
-Its verdict is read from the final line of its reply; a reply that says neither yes nor no is
-judged incorrect with the reason `unparseable verdict`, so it is counted and never trusted.
+The three reach it as fenced data with the instruction after them (`fence`). Its verdict is read
+from its own reply alone, from the last line outside any data block it echoed; a reply that says
+neither yes nor no is judged incorrect with the reason `unparseable verdict`, so it is counted and
+never trusted.
 """
 
 from __future__ import annotations
@@ -12,26 +14,21 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from s3ft.config import LLMJudgeConfig
-from s3ft.data.prompts import render
 from s3ft.generation.base import Sampling
 from s3ft.judges.base import Judge, Verdict, build_judge, register
+from s3ft.judges.fence import DEFAULT_TEMPLATE, FIELDS, fence_nonce, outside_blocks, render_judge_prompt
 from s3ft.judges.qa import gold_answers
-
-DEFAULT_TEMPLATE = """You are grading a predicted answer to a question against the gold answer. The prediction is correct if it gives the same answer as the gold, even in other words (where several gold answers are given, separated by " | ", matching any one is enough); it is incorrect if it gives another answer, no answer, or several conflicting ones.
-
-Question: {question}
-Gold answer: {gold}
-Predicted answer: {response}
-
-Think briefly if you need to, then end with one line that is exactly "correct" or "incorrect"."""
 
 YES = {"1", "yes", "correct", "true", "right"}
 NO = {"0", "no", "incorrect", "false", "wrong", "not correct"}
 _PREFIX = re.compile(r"^(?:final\s+)?(?:verdict|answer|judgement|judgment|grade)\s*[:=-]\s*", re.IGNORECASE)
 
 
-def parse_verdict(reply: str) -> bool | None:
-    """True/False from the reply's last non-empty line, None when that line is no verdict."""
+def parse_verdict(reply: str, nonce: str | None = None) -> bool | None:
+    """True/False from the reply's last non-empty line (outside blocks it echoed, given the row's
+    nonce), None when that line is no verdict."""
+    if nonce is not None:
+        reply = outside_blocks(reply, nonce)
     lines = [line.strip() for line in reply.strip().splitlines() if line.strip()]
     if not lines:
         return None
@@ -43,9 +40,18 @@ def parse_verdict(reply: str) -> bool | None:
     return None
 
 
+def judge_fields(row: Mapping[str, Any]) -> dict[str, str]:
+    """The data the judge model reads: with several accepted answers (NQ-open's `answers`), the gold is all of them."""
+    return {"question": str(row["question"]), "gold": " | ".join(gold_answers(row)), "response": str(row["response"])}
+
+
 def judge_request(template: str, row: Mapping[str, Any]) -> str:
-    """What the judge model reads: with several accepted answers (NQ-open's `answers`), the gold is all of them."""
-    return render(template, {"question": row["question"], "gold": " | ".join(gold_answers(row)), "response": row["response"]})
+    return render_judge_prompt(template, judge_fields(row))
+
+
+def row_nonce(row: Mapping[str, Any]) -> str:
+    fields = judge_fields(row)
+    return fence_nonce([fields[name] for name in FIELDS])
 
 
 @register("llm")
@@ -55,7 +61,7 @@ class LLMJudge(Judge):
 
     def __init__(self, settings: LLMJudgeConfig | Mapping[str, Any]):
         self.settings = LLMJudgeConfig.model_validate(settings)
-        self.template = self.settings.template or DEFAULT_TEMPLATE
+        self.template = self.settings.template or DEFAULT_TEMPLATE  # a user's was checked with the config
         self.audit = build_judge(self.settings.audit_with) if self.settings.audit_with else None
         self.audited = 0
         self._stack = contextlib.ExitStack()
@@ -78,7 +84,7 @@ class LLMJudge(Judge):
         return [v for v in verdicts if v is not None]
 
     def _verdict(self, row: Mapping[str, Any], reply: str) -> Verdict:
-        decided = parse_verdict(reply)
+        decided = parse_verdict(reply, row_nonce(row))
         last = reply.strip().splitlines()[-1][:80] if reply.strip() else ""
         if decided is None:
             verdict = Verdict(False, f"unparseable verdict: {last!r}")

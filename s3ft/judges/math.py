@@ -1,8 +1,12 @@
-"""The `math` judge: a response is correct when its final number equals the gold's (GSM8K).
+"""The `math` judge: a response is correct when its final answer equals the gold's.
 
-Answers are compared as exact fractions, so `1,200`, `$1200.00` and `1200.` are one answer and no
-float rounding can make two different answers equal. `extract_answer` and `parse_number` are public:
-evaluation and data code read final answers the same way the judge does.
+GSM8K-style numbers are compared as exact fractions, so `1,200`, `$1200.00` and `1200.` are one
+answer and no float rounding can make two different answers equal; a final answer that hedges
+between numbers ("17 or 18") is incorrect. Answers that are not one number (`\\sqrt{2}`, intervals,
+sets, expressions: MATH-style gold) go to Hugging Face's math-verify, reading LaTeX only: its
+plain-expression reader runs sympy's `parse_expr`, an `eval`, which untrusted text never reaches.
+`extract_answer` and `parse_number` are public: evaluation and data code read final answers the
+same way the judge does.
 """
 
 from __future__ import annotations
@@ -11,8 +15,9 @@ import re
 from collections.abc import Mapping
 from decimal import Decimal
 from fractions import Fraction
-from typing import Any
+from typing import Any, Literal, get_args
 
+from s3ft.errors import JudgeError
 from s3ft.judges.base import Judge, Verdict, register
 
 # A number as written in answers: optional sign and `$`, thousands commas, decimals, or `a/b`.
@@ -24,6 +29,14 @@ _NUMBER = re.compile(
 _ANSWER_IS = re.compile(r"the (?:final )?answer is", re.IGNORECASE)
 _FRAC = re.compile(r"\\[dt]?frac\{([^{}]*)\}\{([^{}]*)\}")
 _BOXED = "\\boxed{"
+# A hedge: numbers joined by commas and at least one "or" ("16, 17 or maybe 18"), read in a short
+# window around the final answer after LaTeX wrappers, braces and emphasis are dropped.
+_HEDGE_NOISE = re.compile(r"\\(?:boxed|text|textbf|mathrm|mbox|quad)|[{}*]|\\[()\[\]]")
+_HEDGE = re.compile(
+    rf"(?:{_NUMBER.pattern})(?:\s*,\s*(?:{_NUMBER.pattern}))*\s*,?\s*\bor\s+(?:(?:maybe|perhaps|possibly|even)\s+)?"
+    rf"(?:{_NUMBER.pattern})",
+    re.IGNORECASE,
+)
 
 
 def extract_answer(text: str) -> str | None:
@@ -32,15 +45,20 @@ def extract_answer(text: str) -> str | None:
     Formats in order of trust: `#### N` (first), "the answer is N" (last), `\\boxed{N}` (last),
     then the last number of the text. A format without a number falls through to the next one.
     """
-    text = _delatex(text)
-    if (at := text.find("####")) >= 0 and (found := _first_number(_line_after(text, at + 4))):
+    found = _final_answer(_delatex(text))
+    return found.group() if found else None
+
+
+def _final_answer(text: str) -> re.Match[str] | None:
+    """Where the final answer's number is in (delatexed) `text`, by `extract_answer`'s formats."""
+    if (at := text.find("####")) >= 0 and (found := _NUMBER.search(text, *_line_after(text, at + 4))):
         return found
     said = list(_ANSWER_IS.finditer(text))
-    if said and (found := _first_number(_line_after(text, said[-1].end()))):
+    if said and (found := _NUMBER.search(text, *_line_after(text, said[-1].end()))):
         return found
-    if (boxed := _last_boxed(text)) is not None and (found := _first_number(boxed)):
+    if (boxed := _last_boxed(text)) is not None and (found := _NUMBER.search(text, *boxed)):
         return found
-    numbers = _NUMBER.findall(text)
+    numbers = list(_NUMBER.finditer(text))
     return numbers[-1] if numbers else None
 
 
@@ -55,22 +73,86 @@ def parse_number(text: str) -> Fraction | None:
         return None
 
 
+Verifier = Literal["auto", "number", "math_verify"]
+
+
 @register("math")
 class MathJudge(Judge):
-    """Final-answer match for GSM8K-style problems; gold is `... #### N` or a bare number."""
+    """Final-answer match: GSM8K-style numbers exactly, other answers (MATH-style LaTeX) by math-verify.
+
+    `verifier`: auto (numbers as numbers; gold, or a boxed response, that is not one number goes to
+    math-verify), number (numbers only), math_verify (every row). `timeout_s` bounds math-verify's
+    parsing and comparing of one row (sympy can be made to work for ever).
+    """
 
     required_fields = ("response", "gold")
 
+    def __init__(self, verifier: Verifier = "auto", timeout_s: int = 5):
+        if verifier not in get_args(Verifier):
+            raise JudgeError(f"math judge: verifier must be one of {', '.join(get_args(Verifier))}, got {verifier!r}")
+        self.verifier, self.timeout_s = verifier, timeout_s
+
     def judge_row(self, row: Mapping[str, Any]) -> Verdict:
-        expected = _answer_number(str(row["gold"]))
+        gold, response = str(row["gold"]), str(row["response"])
+        expected = parse_number(answer_span(gold))
+        numeric_gold = expected is not None or "\\" not in gold
+        if numeric_gold and (hedge := hedged(response)):
+            return Verdict(False, f"hedged: {hedge}")
+        if self.verifier == "math_verify" or (self.verifier == "auto" and not (numeric_gold and _plain(response))):
+            from s3ft.judges.latex import verify_latex
+
+            return verify_latex(gold, response, self.timeout_s)
+        expected = _answer_number(gold)
         if expected is None:
             return Verdict(False, "error: gold has no number")
-        got = _answer_number(str(row["response"]))
+        got = _answer_number(response)
         if got is None:
             return Verdict(False, "no answer found in response")
         if got == expected:
             return Verdict(True, f"match: {_show(expected)}")
         return Verdict(False, f"mismatch: got {_show(got)}, expected {_show(expected)}")
+
+
+def hedged(text: str) -> str | None:
+    """The alternatives, when the final answer of `text` is one of several numbers offered with "or"
+    ("17 or 18", "it could be 16, 17 or 18", `\\boxed{17} or \\boxed{18}`), there or in a last
+    box or last number after it ("The answer is 8. Or maybe 9: \\boxed{8 or 9}"); else None."""
+    text = _delatex(text)
+    found = _final_answer(text)
+    if found is None:
+        return None
+    answer = parse_number(found.group())
+    boxed = _last_boxed(text)
+    numbers = list(_NUMBER.finditer(text))
+    candidates = [found, _NUMBER.search(text, *boxed) if boxed else None, numbers[-1]]
+    for at in dict.fromkeys(m.start() for m in candidates if m is not None):
+        lo = max(text.rfind("\n", 0, at) + 1, at - 200)
+        window = _HEDGE_NOISE.sub(lambda m: " " * len(m.group()), text[lo : at + 200])  # offsets kept
+        for group in _HEDGE.finditer(window):
+            values = {parse_number(n) for n in _NUMBER.findall(group.group())}
+            if group.start() <= at - lo < group.end() and len(values) > 1 and answer in values:
+                return " ".join(group.group().split())
+    return None
+
+
+def answer_span(text: str) -> str:
+    """The text of the final answer: the line after `####`, the last `\\boxed{}`, the line after
+    "the answer is", else the whole text (stripped, without a closing `.`)."""
+    if (at := text.find("####")) >= 0:
+        start, end = _line_after(text, at + 4)
+    elif (boxed := _last_boxed(text)) is not None:
+        start, end = boxed
+    elif said := list(_ANSWER_IS.finditer(text)):
+        start, end = _line_after(text, said[-1].end())
+    else:
+        start, end = 0, len(text)
+    return text[start:end].strip().rstrip(".").strip()
+
+
+def _plain(response: str) -> bool:
+    """Whether a response's boxed answer, if it has one, is plain (numbers, `\\frac`), not other LaTeX."""
+    boxed = _last_boxed(response)
+    return boxed is None or "\\" not in _delatex(response[boxed[0] : boxed[1]])
 
 
 def _answer_number(text: str) -> Fraction | None:
@@ -86,19 +168,16 @@ def _delatex(text: str) -> str:
     return text.replace("{,}", ",").replace("\\!", "").replace("\\$", "$").replace("\\%", "%")
 
 
-def _line_after(text: str, start: int) -> str:
-    """The rest of the line after a marker, or the next line when the marker ends its line."""
-    rest = text[start:].lstrip(" \t:*\n")
-    return rest.split("\n", 1)[0]
+def _line_after(text: str, start: int) -> tuple[int, int]:
+    """The span of the rest of the line after a marker, or of the next line when the marker ends its line."""
+    while start < len(text) and text[start] in " \t:*\n":
+        start += 1
+    end = text.find("\n", start)
+    return start, len(text) if end < 0 else end
 
 
-def _first_number(text: str) -> str | None:
-    match = _NUMBER.search(text)
-    return match.group() if match else None
-
-
-def _last_boxed(text: str) -> str | None:
-    """The content of the last `\\boxed{...}`, braces balanced; None if absent or unclosed."""
+def _last_boxed(text: str) -> tuple[int, int] | None:
+    """The span of the content of the last `\\boxed{...}`, braces balanced; None if absent or unclosed."""
     start = text.rfind(_BOXED)
     if start < 0:
         return None
@@ -109,7 +188,7 @@ def _last_boxed(text: str) -> str | None:
         elif text[end] == "}":
             depth -= 1
             if depth == 0:
-                return text[start + len(_BOXED) : end]
+                return start + len(_BOXED), end
     return None
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from s3ft.config import Config, save_config, stage_key
+from s3ft.data.leaks import LeakCheck, leak_check
 from s3ft.data.load import run_load
 from s3ft.data.prompts import Templates, load_templates
 from s3ft.data.tasks import paraphrase_messages
@@ -53,7 +54,7 @@ def run_data(cfg: Config) -> dict[str, Any]:
     if not loaded.finished:
         run_load(cfg.data, templates, loaded, cfg.generation.shard_size, run_dir / "data" / "rejects.jsonl", check)
     final = _self_and_paraphrase(cfg, run_dir, loaded, templates, model_path, tokenizer, check) if generates else loaded
-    return _select(run_dir, final, cfg.selection.strategy, loaded.manifest)
+    return _select(run_dir, final, cfg.selection.strategy, loaded.manifest, leak_check(cfg.data.task, cfg.paraphrase))
 
 
 def _self_and_paraphrase(
@@ -97,10 +98,12 @@ def _self_and_paraphrase(
         return para_judged
 
 
-def _select(run_dir: Path, final: ShardStore, strategy: str, load_manifest: dict[str, Any]) -> dict[str, Any]:
+def _select(
+    run_dir: Path, final: ShardStore, strategy: str, load_manifest: dict[str, Any], leak: LeakCheck | None
+) -> dict[str, Any]:
     counts: Counter[str] = Counter()
     data_dir = run_dir / "data"
-    write_jsonl(data_dir / "merged.jsonl", select_all(final.rows(), strategy, counts))
+    write_jsonl(data_dir / "merged.jsonl", select_all(final.rows(), strategy, counts, leak))
     summary = stats(strategy, counts, input_rows=load_manifest["input_rows"], rejected=load_manifest["rejected"])
     (data_dir / "stats.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

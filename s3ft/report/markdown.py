@@ -121,9 +121,12 @@ def _sources(runs: list[Run]) -> str:
         total = stats.get("total")
         share = stats.get("share") or {}
         cells = [_count_share(stats.get(s), share.get(s), total) for s in SOURCES]
+        leaked = stats.get("paraphrase_leaked")
         rows.append([run.label, stats.get("strategy") or run.strategy or MISSING,
-                     MISSING if total is None else str(total), *cells])
-    return _table(["run", "strategy", "total", *SOURCES], rows)
+                     MISSING if total is None else str(total), *cells, MISSING if leaked is None else str(leaked)])
+    note = ("paraphrases leaked: rewrites the judge passed but the leak check refused for speaking of their prompt "
+            "(\"the reference solution\", \"here is my rewrite\"); their rows train on gold.")
+    return _table(["run", "strategy", "total", *SOURCES, "paraphrases leaked"], rows) + "\n\n" + note
 
 
 def _count_share(count: int | None, share: float | None, total: int | None) -> str:
