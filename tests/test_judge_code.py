@@ -82,7 +82,7 @@ def test_mbpp_rows_pass_and_fail_as_they_should(form: Any) -> None:
     verdicts = build_judge("code", timeout_s=20).judge_batch(rows)
     assert [v.correct for v in verdicts] == [True] * len(MBPP) + [False] * len(MBPP), verdicts
     assert all(v.reason == "passed" for v in verdicts[: len(MBPP)])
-    assert all(v.reason.startswith("failed: AssertionError (line ") for v in verdicts[len(MBPP) :])
+    assert all(v.reason.startswith("failed: AssertionError (test line ") for v in verdicts[len(MBPP) :])
 
 
 def test_reasons_say_what_happened() -> None:
@@ -90,7 +90,7 @@ def test_reasons_say_what_happened() -> None:
     cases = {
         "def f():\n    return 1": "passed",
         "def f(:\n    return 1": "syntax error: ",
-        "def f():\n    return 2": "failed: AssertionError (line 4: assert f() == 1)",
+        "def f():\n    return 2": "failed: AssertionError (test line 1: assert f() == 1)",
         "def f():\n    return g()": "failed: NameError: name 'g' is not defined (line 3: return g())",
         "def f():\n    while True:\n        pass": "timeout",
         "def f():\n    return len(bytearray(64 << 30))": "memory limit",
@@ -122,8 +122,10 @@ def test_rows_that_cannot_be_judged_are_error_rows_not_a_crash() -> None:
 def test_a_response_with_the_whole_function_keeps_the_prompts_imports(humaneval: list[dict[str, Any]]) -> None:
     problem = humaneval[0]  # `from typing import List` lives in its prompt only
     code = "def has_close_elements(numbers: List[float], threshold: float) -> bool:\n" + problem["canonical_solution"]
-    program = build_program(problem, code).source
-    assert "from typing import List" in program and "check(has_close_elements)" in program
+    program = build_program(problem, code)
+    assert "from typing import List" in program.source and "def has_close_elements" in program.source
+    first_line = problem["canonical_solution"].strip().splitlines()[0]  # the tests' sandbox never holds the response
+    assert repr(problem["test"]) in program.checker and first_line not in program.checker
     assert CodeJudge().judge_row({**problem, "response": fenced(code)}).reason == "passed"
 
 

@@ -15,6 +15,7 @@ sound because the runner leases each running program a uid of its own (`s3ft/san
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import os
 import resource
 import select
@@ -88,11 +89,13 @@ def report(status: int, *words: object) -> None:
 
 
 def parse_config(args: list[str]) -> dict:
-    cfg: dict = {"cgroups": []}
+    cfg: dict = {"cgroups": [], "fds": []}
     for arg in args:
         key, _, value = arg.partition("=")
         if key == "cgroup":
             cfg["cgroups"].append(value.split(":", 1))
+        elif key == "fds":
+            cfg["fds"] = [int(fd) for fd in value.split(",") if fd]
         else:
             cfg[key] = int(value) if key in INT_KEYS else value
     return cfg
@@ -157,8 +160,17 @@ def build_filesystem(cfg: dict, uid: int | None) -> list[str]:
     return applied
 
 
+def pass_fds(fds: list[int]) -> None:
+    """The runner's descriptors for the program (the code judge's pipes) as 3, 4, ...; all others closed."""
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 100) for fd in fds]  # out of the way of 3.. first
+    for number, fd in enumerate(high, start=3):
+        os.dup2(fd, number)  # inheritable: they survive the exec
+    os.closerange(3 + len(fds), 1 << 16)
+
+
 def exec_program(cfg: dict, python: str, uid: int | None, namespaces: list[str], workdir: str) -> None:
     """In the program's process: limits, no privileges, then exec; never returns."""
+    pass_fds(cfg["fds"])
     set_limit(resource.RLIMIT_CPU, cfg["cpu_s"], cfg["cpu_s"] + 1)
     set_limit(resource.RLIMIT_AS, cfg["memory_bytes"])
     set_limit(resource.RLIMIT_FSIZE, cfg["disk_bytes"])
@@ -171,7 +183,6 @@ def exec_program(cfg: dict, python: str, uid: int | None, namespaces: list[str],
     if uid is not None:
         become(uid)
     os.chdir(workdir)
-    os.closerange(3, 1 << 16)
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": workdir, "TMPDIR": workdir}
     os.execve(python, [python, "-I", "-S", "-B", os.path.join(workdir, "prog.py")], env)
 
