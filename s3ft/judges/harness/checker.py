@@ -39,7 +39,8 @@ class ProgramRaised(Exception):
 
 
 class Remote:
-    """A function or object of the program: calling or iterating it asks the program."""
+    """A function or object of the program: calling or iterating it asks the program; it equals
+    nothing but itself, and has no truth value, no arithmetic, no attributes."""
 
     __slots__ = ("_kind", "_program", "_ref")
 
@@ -51,6 +52,9 @@ class Remote:
 
     def __iter__(self) -> object:
         return iter(self._program.ask(["iter", self._ref]))
+
+    def __bool__(self) -> bool:  # an object of the program is no answer to `assert candidate(x)`
+        raise TypeError(f"{self!r} has no truth value in a test: return a plain value")
 
     def __repr__(self) -> str:
         return f"<the program's {self._kind[:40]}>"
