@@ -29,9 +29,9 @@ MBPP = [
         None,
     ),
     (
-        "def remove_occ(s, ch):\n    first = s.find(ch)\n    if first < 0:\n        return s\n"
+        ("def remove_occ(s, ch):\n    first = s.find(ch)\n    if first < 0:\n        return s\n"
         "    s = s[:first] + s[first + 1:]\n    last = s.rfind(ch)\n"
-        "    return s[:last] + s[last + 1:] if last >= 0 else s\n",
+        "    return s[:last] + s[last + 1:] if last >= 0 else s\n"),
         "def remove_occ(s, ch):\n    return s.replace(ch, '')\n",
         ['assert remove_occ("hello", "l") == "heo"', 'assert remove_occ("abcda", "a") == "bcd"',
          'assert remove_occ("PHP", "P") == "H"', 'assert remove_occ("lollol", "l") == "ollo"'],
@@ -91,28 +91,28 @@ def test_mbpp_rows_pass_and_fail_as_they_should(form: Any) -> None:
 RICH = {
     "Counter vs dict": ("from collections import Counter\ndef count(s):\n    return Counter(s)\n",
                         ["assert count('abca') == {'a': 2, 'b': 1, 'c': 1}"], None),
-    "namedtuple vs tuple": ("from collections import namedtuple\nP = namedtuple('P', 'x y')\n"
-                            "def point(a):\n    return P(a, a + 1)\n", ["assert point(1) == (1, 2)"], None),
+    "namedtuple vs tuple": (("from collections import namedtuple\nP = namedtuple('P', 'x y')\n"
+                            "def point(a):\n    return P(a, a + 1)\n"), ["assert point(1) == (1, 2)"], None),
     "generator read by list()": ("def evens(n):\n    return (i for i in range(n) if i % 2 == 0)\n",
                                  ["assert list(evens(7)) == [0, 2, 4, 6]"], None),
     "objects of the program's class made by the test": (
-        "class Pair:\n    def __init__(self, a, b):\n        self.a, self.b = a, b\n"
+        ("class Pair:\n    def __init__(self, a, b):\n        self.a, self.b = a, b\n"
         "def max_chain_length(arr, n):\n    arr = sorted(arr, key=lambda p: p.b)\n    end, count = None, 0\n"
-        "    for p in arr:\n        if end is None or p.a > end:\n            end, count = p.b, count + 1\n    return count\n",
+        "    for p in arr:\n        if end is None or p.a > end:\n            end, count = p.b, count + 1\n    return count\n"),
         ["assert max_chain_length([Pair(5, 24), Pair(15, 25), Pair(27, 40), Pair(50, 60)], 4) == 3"], None),
     "a tree built by the setup code": (
-        "def max_height(node):\n    if node is None:\n        return 0\n"
-        "    return 1 + max(max_height(node.left), max_height(node.right))\n",
+        ("def max_height(node):\n    if node is None:\n        return 0\n"
+        "    return 1 + max(max_height(node.left), max_height(node.right))\n"),
         ["assert max_height(root) == 3", "assert max_height(leaf) == 1"],
-        "class Node:\n    def __init__(self, data):\n        self.data, self.left, self.right = data, None, None\n"
-        "root = Node(1)\nroot.left = Node(2)\nroot.left.left = Node(4)\nleaf = Node(9)\n"),
+        ("class Node:\n    def __init__(self, data):\n        self.data, self.left, self.right = data, None, None\n"
+        "root = Node(1)\nroot.left = Node(2)\nroot.left.left = Node(4)\nleaf = Node(9)\n")),
     "math imported by the program only": ("import math\ndef area(r):\n    return math.pi * r * r\n",
                                           ["assert math.isclose(area(2), 12.566, rel_tol=0.001)"], None),
     "plain values of every kind": (
-        "def kinds():\n    return [None, True, 2 ** 20000, -0.0, 1e308, 1 + 2j, b'\\x00\\xff', 'caf\\u00e9 \\ud800',"
-        " (1, (2,)), {3, 4}, frozenset({5}), {'k': [1.5]}]\n",
-        ["assert kinds() == [None, True, 2 ** 20000, -0.0, 1e308, 1 + 2j, b'\\x00\\xff', 'caf\\u00e9 \\ud800',"
-         " (1, (2,)), {3, 4}, frozenset({5}), {'k': [1.5]}]",
+        ("def kinds():\n    return [None, True, 2 ** 20000, -0.0, 1e308, 1 + 2j, b'\\x00\\xff', 'caf\\u00e9 \\ud800',"
+        " (1, (2,)), {3, 4}, frozenset({5}), {'k': [1.5]}]\n"),
+        [("assert kinds() == [None, True, 2 ** 20000, -0.0, 1e308, 1 + 2j, b'\\x00\\xff', 'caf\\u00e9 \\ud800',"
+         " (1, (2,)), {3, 4}, frozenset({5}), {'k': [1.5]}]"),
          "assert type(kinds()[1]) is bool and type(kinds()[8]) is tuple"], None),
     "an exception the test expects": ("def parse(s):\n    return int(s)\n",
                                       ["try:\n    parse('x')\n    raised = False\nexcept ValueError:\n    raised = True",

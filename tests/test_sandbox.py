@@ -24,7 +24,7 @@ import pytest
 
 from s3ft.judges.base import Verdict
 from s3ft.judges.code import CodeJudge, failure_of
-from s3ft.sandbox import run_program
+from s3ft.sandbox import Limits, run_program
 from s3ft.sandbox.runner import MAX_PROCESSES
 from s3ft.sandbox.uids import NOBODY, SLOTS, UID_BASE, candidates, lease_uid
 
@@ -367,7 +367,7 @@ def test_in_a_container_mapping_few_uids_one_programs_end_kills_no_other(monkeyp
     if os.geteuid() != 0:
         pytest.skip("only a root judge drops programs to a uid of their own")
     monkeypatch.setattr("s3ft.sandbox.uids.mapped_ranges", lambda: [(0, 65536)])
-    monkeypatch.setattr("s3ft.judges.code.run_program", functools.partial(run_program, namespaces=False))
+    monkeypatch.setattr("s3ft.judges.code.Limits", functools.partial(Limits, namespaces=False))
     monkeypatch.setitem(sys.modules, "ray", None)  # the local pool, where the patches above apply
     host_nobody = subprocess.Popen(["sleep", "60"], user=NOBODY, group=NOBODY, extra_groups=[])
     own_uid = f"import os\nassert 0 < os.getuid() < {NOBODY}, os.getuid()\n"

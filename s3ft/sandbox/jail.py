@@ -4,7 +4,9 @@ A standalone script (stdlib only, never imports s3ft) because it runs around unt
 where the host is root, as root: it enters new namespaces, builds the program's view of the
 filesystem, sets the limits, drops to the sandbox uid and execs the program. Each mechanism is tried
 and, where the host lacks it, skipped; every one that applied is reported to the runner on the
-status pipe (`applied pid-ns net-ns ...`), so `SandboxResult.isolation` says what really held. Plain
+status pipe (`applied pid-ns net-ns ...`), so `SandboxResult.isolation` says what really held.
+`fds=A,B,...` hands the runner's descriptors to the program as 3, 4, ... (the code judge's pipes
+between a program and its checker); every other descriptor is closed before the exec. Plain
 text lines and argv, not JSON: importing `json` (and `re` with it) would double the jail's start-up.
 
 `jail.py --sweep UID` kills every process of a sandbox uid: the runner's last resort on hosts
