@@ -15,14 +15,12 @@ Only after the tests returned does this write `pass KEY` on fd 6; any error writ
 from __future__ import annotations
 
 import builtins
-import contextlib
 import ctypes
 import importlib
-import linecache
 import os
 import sys
 
-from wire import WireError, decode, encode, read_message, write_message  # a module of the sandbox's own (see code.py)
+from wire import Reader, WireError, dump_into, dumps, loads, read_message, write_message  # the sandbox's own module
 
 PR_SET_DUMPABLE = 4
 TEST_FILE = "test.py"
@@ -48,10 +46,10 @@ class Remote:
         self._program, self._ref, self._kind = program, ref, kind
 
     def __call__(self, *args: object, **kwargs: object) -> object:
-        return self._program.ask(["call", self._ref, self._program.send(list(args)), self._program.send(kwargs)])
+        return self._program.ask(("call", self._ref, list(args), kwargs))
 
     def __iter__(self) -> object:
-        return iter(self._program.ask(["iter", self._ref]))
+        return iter(self._program.ask(("iter", self._ref)))
 
     def __bool__(self) -> bool:  # an object of the program is no answer to `assert candidate(x)`
         raise TypeError(f"{self!r} has no truth value in a test: return a plain value")
@@ -60,85 +58,95 @@ class Remote:
         return f"<the program's {self._kind[:40]}>"
 
 
+class ModuleName:
+    """A module the program imported, named in its answer to "load" (and only there)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
 class Program:
-    """The program at the end of two pipes; once it is gone (or lied about the format) it stays gone."""
+    """The program at the end of two pipes; once it is gone (or broke the format) it stays gone."""
 
     def __init__(self) -> None:
         self.requests, self.replies = os.fdopen(3, "wb"), os.fdopen(4, "rb")
         self.gone: str | None = None
+        self.loading = False
 
-    def send(self, value: object) -> object:
-        return encode(value, self._out)
-
-    def _out(self, value: object) -> object:
+    def _out(self, value: object, tokens: list[bytes]) -> None:
         if isinstance(value, Remote) and value._program is self:
-            return ["ref", value._ref]
-        if type(value).__module__ == TEST_MODULE and hasattr(value, "__dict__"):
-            return ["obj", type(value).__name__, self.send(dict(vars(value)))]
-        raise TypeError(f"a {type(value).__name__} cannot be passed to the program")
+            tokens.append(b"r%x" % value._ref)
+        elif type(value).__module__ == TEST_MODULE and hasattr(value, "__dict__"):
+            tokens.append(b"o" + type(value).__name__.encode().hex().encode())
+            dump_into(dict(vars(value)), tokens, self._out)
+        else:
+            raise TypeError(f"a {type(value).__name__} cannot be passed to the program")
 
-    def _in(self, data: list) -> Remote:
-        if data[0] == "ref" and len(data) == 3 and type(data[1]) is int and type(data[2]) is str:
-            return Remote(self, data[1], data[2])
-        raise WireError(f"unknown value tag {str(data[0])[:20]!r}")
+    def _in(self, tag: bytes, payload: bytes, reader: Reader) -> object:
+        text = payload.decode("ascii")
+        if tag == b"r":
+            ref, kind = text.split(":")
+            return Remote(self, int(ref, 16), bytes.fromhex(kind).decode())
+        if tag == b"m" and self.loading:
+            return ModuleName(bytes.fromhex(text).decode())
+        raise WireError(f"unknown tag {tag[:1]!r}")
 
-    def exchange(self, request: list) -> list:
-        """Send one request and read its reply: ["ok", value], ["loaded", ...] or ["raise", ...]."""
+    def _broken(self, why: str) -> ProgramGone:
+        self.gone = why
+        return ProgramGone(why)
+
+    def exchange(self, request: tuple) -> tuple:
+        """Send one request and read its reply: ("ok", value), ("loaded", {...}); ("raise", ...) raises."""
         if self.gone is not None:
             raise ProgramGone(self.gone)
+        line = dumps(request, self._out)  # a TypeError here is the test's: it passed what cannot go
         try:
-            write_message(self.requests, request)
-            reply = read_message(self.replies)
-        except (OSError, WireError) as e:
-            self.gone = f"the program's reply is not valid: {e}" if isinstance(e, WireError) else "ended"
-            raise ProgramGone(self.gone) from e
+            write_message(self.requests, line)
+            answer = read_message(self.replies)
+            reply = loads(answer, self._in) if answer is not None else None
+        except WireError as e:
+            raise self._broken(f"the program's reply is not valid: {e}") from e
+        except OSError as e:
+            raise self._broken("ended") from e
         if reply is None:
-            self.gone = "ended"
-            raise ProgramGone(self.gone)
-        if type(reply) is not list or not reply or reply[0] not in ("ok", "loaded", "raise"):
-            self.gone = "the program's reply is not valid"
-            raise ProgramGone(self.gone)
+            raise self._broken("ended")
+        if type(reply) is not tuple or not reply or reply[0] not in ("ok", "loaded", "raise"):
+            raise self._broken("the program's reply is not valid")
         if reply[0] == "raise":
             raise self._raised(reply)
         return reply
 
-    def ask(self, request: list) -> object:
+    def ask(self, request: tuple) -> object:
         reply = self.exchange(request)
         if reply[0] != "ok" or len(reply) != 2:
-            self.gone = "the program's reply is not valid"
-            raise ProgramGone(self.gone)
-        return self._decode(reply[1])
-
-    def _decode(self, data: object) -> object:
-        try:
-            return decode(data, self._in)
-        except WireError as e:
-            self.gone = f"the program's reply is not valid: {e}"
-            raise ProgramGone(self.gone) from e
+            raise self._broken("the program's reply is not valid")
+        return reply[1]
 
     def load(self, names: list[str]) -> dict[str, object]:
         """Run the program's code and fetch the values of `names` it defines (modules as stdlib imports)."""
-        reply = self.exchange(["load", names])
+        self.loading = True
+        try:
+            reply = self.exchange(("load", names))
+        finally:
+            self.loading = False
         if reply[0] != "loaded" or len(reply) != 2 or type(reply[1]) is not dict:
-            self.gone = "the program's reply is not valid"
-            raise ProgramGone(self.gone)
+            raise self._broken("the program's reply is not valid")
         found = {}
-        for name, data in reply[1].items():
+        for name, value in reply[1].items():
             if name not in names:
                 continue
-            if type(data) is list and len(data) == 2 and data[0] == "module":
-                if data[1] == name and name in sys.stdlib_module_names:  # `math` means math, ours
+            if isinstance(value, ModuleName):
+                if value.name == name and name in sys.stdlib_module_names:  # `math` means math, ours
                     found[name] = importlib.import_module(name)
-            else:
-                found[name] = self._decode(data)
+            elif not _holds(value, ModuleName):
+                found[name] = value
         return found
 
-    def _raised(self, reply: list) -> BaseException:
+    def _raised(self, reply: tuple) -> BaseException:
         """The program's exception as one of ours: the builtin of that name where there is one."""
         fields = reply[1:]
         if len(fields) != 4 or [type(f) for f in fields] != [str, str, int, str]:
-            self.gone = "the program's reply is not valid"
-            return ProgramGone(self.gone)
+            return self._broken("the program's reply is not valid")
         name, message, line, text = fields
         if name in ("SyntaxError", "IndentationError", "TabError") and line:
             reason = f"syntax error: {message} (line {line})"
@@ -150,10 +158,23 @@ class Program:
         cls = getattr(builtins, name, None)
         error: BaseException = ProgramRaised(message)
         if isinstance(cls, type) and issubclass(cls, Exception):
-            with contextlib.suppress(Exception):  # a builtin that wants other arguments stays ProgramRaised
+            try:
                 error = cls(message)
+            except Exception:  # noqa: BLE001  (a builtin that wants other arguments)
+                error = ProgramRaised(message)
         error.program_reason = reason  # type: ignore[attr-defined]
         return error
+
+
+def _holds(value: object, kind: type) -> bool:
+    """Whether a decoded value has an object of `kind` anywhere inside (a module nested in a list)."""
+    if isinstance(value, kind):
+        return True
+    if isinstance(value, dict):
+        return any(_holds(k, kind) or _holds(v, kind) for k, v in value.items())
+    if isinstance(value, list | tuple | set | frozenset):
+        return any(_holds(item, kind) for item in value)
+    return False
 
 
 def run_tests(job: dict, program: Program) -> None:
@@ -161,7 +182,6 @@ def run_tests(job: dict, program: Program) -> None:
     tests need from the program (code.py's `free_names`), then the tests; `check(candidate)` last."""
     namespace: dict[str, object] = {"__name__": TEST_MODULE}
     setup, test, entry = job["setup"], job["test"], job["entry_point"]
-    linecache.cache[TEST_FILE] = (len(test), None, test.splitlines(True), TEST_FILE)
     exec(compile(setup, SETUP_FILE, "exec"), namespace)  # noqa: S102  (the row's own code, in the checker's sandbox)
     code = compile(test, TEST_FILE, "exec")
     found = program.load(job["names"])
@@ -173,7 +193,7 @@ def run_tests(job: dict, program: Program) -> None:
         namespace["check"](namespace[entry])
 
 
-def reason_of(error: BaseException | None, program: Program) -> str:
+def reason_of(error: BaseException | None, program: Program, test: str) -> str:
     """Why the tests did not pass, as the judge's reason ("ended" lets the judge say how the program ended)."""
     if program.gone == "ended":
         return "ended"
@@ -184,8 +204,10 @@ def reason_of(error: BaseException | None, program: Program) -> str:
     reason = getattr(error, "program_reason", None)
     if isinstance(reason, str):
         return reason
-    import traceback  # only on this path: start-up time counts twice per row
+    import linecache  # only on this path: start-up time counts twice per row
+    import traceback
 
+    linecache.cache[TEST_FILE] = (0, None, test.splitlines(True), TEST_FILE)
     frames = [f for f in traceback.extract_tb(error.__traceback__) if f.filename == TEST_FILE]
     where = f" (test line {frames[-1].lineno}: {(frames[-1].line or '').strip()})" if frames else ""
     message = str(error)
@@ -204,5 +226,5 @@ def main(job: dict) -> None:
     except BaseException as e:  # noqa: BLE001  (any way the tests end early is a failure)
         error = e
     passed = error is None and program.gone is None
-    line = f"pass {key}" if passed else f"fail {reason_of(error, program)}"
+    line = f"pass {key}" if passed else f"fail {reason_of(error, program, job['test'])}"
     os.write(6, (" ".join(line.split())[:1000] + "\n").encode())

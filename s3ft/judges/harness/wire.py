@@ -1,66 +1,90 @@
-"""The one format values cross in between the program and the checker: tagged JSON of plain types.
+"""The one format values cross in between the program and the checker: plain types, one line each.
 
 Both sides of the code judge run this file (it is copied into each sandbox), and the checker reads
-the program's replies with it. Why not pickle or marshal: both build arbitrary objects, or crash
-on crafted bytes. Here a value is rebuilt from a closed grammar, so what the checker holds is an
-exact `int`, `str`, `list`, ... of its own: no `__eq__` of the program's making can come along.
+the program's replies with it. Why not pickle or marshal: both build arbitrary objects, or may
+crash on crafted bytes. Here a value is rebuilt from a closed grammar, so what the checker holds
+is an exact `int`, `str`, `list`, ... of its own: no `__eq__` of the program's making can come along.
+Why not JSON: importing `json` (and `re` with it) costs as much CPU as starting Python, paid by
+both sides of every judged row.
 
-    None, True, False          as JSON
-    ["int", "0x1f"]            hex, so no digit limit applies; ["float", "0x1.8p+1"] (float.hex: exact, nan, inf)
-    ["complex", re, im]        each a float.hex
-    ["str", s]  ["bytes", "00ff"]
-    ["list" | "tuple" | "set" | "frozenset", [items]]   ["dict", [[key, value], ...]]
-    ["fraction", num, den]     hex ints; ["decimal", "1.50"]
+A message is one line of space-separated tokens in prefix order; every payload is hex, so no
+token holds a space or a newline:
 
-Any other tag goes to the side's own `other` hook: the program's functions and objects travel as
-references (`["ref", n, type name]`), never as themselves. `fractions` and `decimal` are imported
-only when a value needs them: every import is start-up time, paid twice per judged row.
+    N T F                       None, True, False
+    i-1f  f0x1.8p+1  c<re>,<im>  int (hex: no digit limit), float (float.hex: exact, nan, inf), complex
+    s<utf-8 hex>  b<hex>         str (lone surrogates kept), bytes
+    l<n> t<n> S<n> z<n>          list, tuple, set, frozenset: n values follow
+    d<n>                         dict: n keys and values follow, alternating
+    q<num>/<den>  D<ascii hex>   fractions.Fraction, decimal.Decimal
 
->>> encode({"a": (1, 2.5)}, other=repr)
-['dict', [[['str', 'a'], ['tuple', [['int', '0x1'], ['float', '0x1.4000000000000p+1']]]]]]
->>> decode(encode({"a": (1, 2.5)}, other=repr), other=print)
+Any other tag goes to the side's own hooks: the program's functions and objects travel as
+references (`r`), never as themselves. `fractions` and `decimal` are imported only when a value
+needs them.
+
+>>> dumps({"a": (1, 2.5)}, other=None)
+b'd1 s61 t2 i1 f0x1.4000000000000p+1'
+>>> loads(b'd1 s61 t2 i1 f0x1.4000000000000p+1', other=None)
 {'a': (1, 2.5)}
 """
 
 from __future__ import annotations
 
 import io
-import json
 import sys
-from collections.abc import Callable
+
+TYPE_CHECKING = False  # typing and collections.abc cost start-up time at run time: annotations only
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 MAX_MESSAGE = 64 << 20  # bytes in one message; a longer one is refused, not read into memory
-SEQUENCES: dict[str, type] = {"list": list, "tuple": tuple, "set": set, "frozenset": frozenset}
+MAX_DEPTH = 100  # nested containers in one value (each level costs the reader a few Python frames)
+SEQUENCES = {b"l": list, b"t": tuple, b"S": set, b"z": frozenset}
+TAGS = {list: "l", tuple: "t", set: "S", frozenset: "z"}
 
 
 class WireError(ValueError):
     """A message that is not a value of the grammar above."""
 
 
-def encode(value: object, other: Callable[[object], object]) -> object:
-    """`value` as JSON-able data; `other(value)` encodes what is not a plain value (exact types only)."""
+def dumps(value: object, other: Callable[[object, list[bytes]], None] | None) -> bytes:
+    """`value` as one line (without its newline); `other(value, tokens)` appends the tokens of a value
+    that is not plain (exact types only: a subclass of int is not an int here)."""
+    tokens: list[bytes] = []
+    dump_into(value, tokens, other)
+    return b" ".join(tokens)
+
+
+def dump_into(value: object, tokens: list[bytes], other: Callable[[object, list[bytes]], None] | None) -> None:
     kind = type(value)
     if value is None or kind is bool:
-        return value
-    if kind is int:
-        return ["int", hex(value)]
-    if kind is float:
-        return ["float", value.hex()]
-    if kind is complex:
-        return ["complex", value.real.hex(), value.imag.hex()]
-    if kind is str:
-        return ["str", value]
-    if kind is bytes:
-        return ["bytes", value.hex()]
-    if kind in (list, tuple, set, frozenset):
-        return [kind.__name__, [encode(item, other) for item in value]]
-    if kind is dict:
-        return ["dict", [[encode(k, other), encode(v, other)] for k, v in value.items()]]
-    if _is(kind, "fractions", "Fraction"):
-        return ["fraction", hex(value.numerator), hex(value.denominator)]
-    if _is(kind, "decimal", "Decimal"):
-        return ["decimal", str(value)]
-    return other(value)
+        tokens.append(b"N" if value is None else b"T" if value else b"F")
+    elif kind is int:
+        tokens.append(b"i%x" % value)
+    elif kind is float:
+        tokens.append(b"f" + value.hex().encode())
+    elif kind is complex:
+        tokens.append(b"c%s,%s" % (value.real.hex().encode(), value.imag.hex().encode()))
+    elif kind is str:
+        tokens.append(b"s" + value.encode("utf-8", "surrogatepass").hex().encode())
+    elif kind is bytes:
+        tokens.append(b"b" + value.hex().encode())
+    elif kind in TAGS:
+        tokens.append(b"%s%d" % (TAGS[kind].encode(), len(value)))
+        for item in value:
+            dump_into(item, tokens, other)
+    elif kind is dict:
+        tokens.append(b"d%d" % len(value))
+        for k, v in value.items():
+            dump_into(k, tokens, other)
+            dump_into(v, tokens, other)
+    elif _is(kind, "fractions", "Fraction"):
+        tokens.append(b"q%x/%x" % (value.numerator, value.denominator))
+    elif _is(kind, "decimal", "Decimal"):
+        tokens.append(b"D" + str(value).encode().hex().encode())
+    elif other is not None:
+        other(value, tokens)
+    else:
+        raise TypeError(f"a {kind.__name__} is not a plain value")
 
 
 def _is(kind: type, module: str, name: str) -> bool:
@@ -69,94 +93,94 @@ def _is(kind: type, module: str, name: str) -> bool:
     return loaded is not None and getattr(loaded, name, None) is kind
 
 
-def decode(data: object, other: Callable[[list], object]) -> object:
-    """The value `data` encodes, built from exact built-in types; `other(data)` for tags of its own.
+class Reader:
+    """Reads one message's tokens back into values; `other(tag, payload, reader)` reads a tag of the side's own."""
 
-    Raises WireError for anything outside the grammar (a bare number, a wrong payload, an
-    unhashable set item or key, nesting too deep for the interpreter).
-    """
-    try:
-        return _decode(data, other)
-    except RecursionError as e:
-        raise WireError("value nested too deep") from e
+    def __init__(self, line: bytes, other: Callable[[bytes, bytes, Reader], object] | None) -> None:
+        self.tokens, self.at, self.other, self.depth = line.split(b" "), 0, other, 0
 
+    def value(self) -> object:
+        if self.at >= len(self.tokens):
+            raise WireError("message ends inside a value")
+        token = self.tokens[self.at]
+        self.at += 1
+        tag, payload = token[:1], token[1:]
+        try:
+            return self._value(tag, payload)
+        except (ValueError, TypeError, ArithmeticError, UnicodeError) as e:  # decimal's errors are Arithmetic
+            if isinstance(e, WireError):
+                raise
+            raise WireError(f"bad token {token[:40]!r}: {type(e).__name__}") from e
 
-def _decode(data: object, other: Callable[[list], object]) -> object:
-    if data is None or data is True or data is False:
-        return data
-    if type(data) is not list or not data or type(data[0]) is not str:
-        raise WireError(f"not a tagged value: {_show(data)}")
-    tag, args = data[0], data[1:]
-    if tag in ("int", "float", "str", "bytes", "decimal") and (len(args) != 1 or type(args[0]) is not str):
-        raise WireError(f"{tag} wants one string: {_show(data)}")
-    try:
-        if tag == "int":
-            return _int(args[0])
-        if tag == "float":
-            return float.fromhex(args[0])
-        if tag == "str":
-            return args[0]
-        if tag == "bytes":
-            return bytes.fromhex(args[0])
-        if tag == "decimal":
-            import decimal
-
-            return decimal.Decimal(args[0])
-        if tag == "complex" and len(args) == 2 and all(type(a) is str for a in args):
-            return complex(float.fromhex(args[0]), float.fromhex(args[1]))
-        if tag == "fraction" and len(args) == 2 and all(type(a) is str for a in args):
+    def _value(self, tag: bytes, payload: bytes) -> object:
+        if tag in (b"N", b"T", b"F") and not payload:
+            return None if tag == b"N" else tag == b"T"
+        if tag == b"i":
+            return int(payload, 16)
+        if tag == b"f":
+            return float.fromhex(payload.decode("ascii"))
+        if tag == b"c":
+            real, imag = payload.split(b",")
+            return complex(float.fromhex(real.decode("ascii")), float.fromhex(imag.decode("ascii")))
+        if tag == b"s":
+            return bytes.fromhex(payload.decode("ascii")).decode("utf-8", "surrogatepass")
+        if tag == b"b":
+            return bytes.fromhex(payload.decode("ascii"))
+        if tag in SEQUENCES or tag == b"d":
+            return self._container(tag, int(payload))
+        if tag == b"q":
             import fractions
 
-            return fractions.Fraction(_int(args[0]), _int(args[1]))
-        if tag in SEQUENCES and len(args) == 1 and type(args[0]) is list:
-            return SEQUENCES[tag](_decode(item, other) for item in args[0])
-        if tag == "dict" and len(args) == 1 and type(args[0]) is list:
-            pairs = [_pair(item) for item in args[0]]
-            return {_decode(k, other): _decode(v, other) for k, v in pairs}
-    except (ValueError, TypeError, ArithmeticError) as e:  # decimal's InvalidOperation is an ArithmeticError
-        if isinstance(e, WireError):
-            raise
-        raise WireError(f"bad {tag}: {type(e).__name__}: {e}") from e
-    if tag in ("complex", "fraction", "dict", *SEQUENCES):
-        raise WireError(f"bad {tag}: {_show(data)}")
-    return other(data)
+            num, den = payload.split(b"/")
+            return fractions.Fraction(int(num, 16), int(den, 16))
+        if tag == b"D":
+            import decimal
+
+            return decimal.Decimal(bytes.fromhex(payload.decode("ascii")).decode("ascii"))
+        if self.other is not None:
+            return self.other(tag, payload, self)
+        raise WireError(f"unknown tag {tag!r}")
+
+    def _container(self, tag: bytes, n: int) -> object:
+        items = 2 * n if tag == b"d" else n
+        if n < 0 or items > len(self.tokens) - self.at:
+            raise WireError(f"a container of {n} items in a message that holds fewer")
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise WireError("value nested too deep")
+        values = [self.value() for _ in range(items)]
+        self.depth -= 1
+        if tag == b"d":
+            return dict(zip(values[::2], values[1::2], strict=True))  # an unhashable key: TypeError
+        return SEQUENCES[tag](values)
+
+    def done(self) -> None:
+        if self.at != len(self.tokens):
+            raise WireError("tokens left after the message")
 
 
-def _int(text: str) -> int:
-    if type(text) is not str or not text.lstrip("-").startswith("0x"):
-        raise WireError(f"not a hex int: {_show(text)}")
-    return int(text, 16)
+def loads(line: bytes, other: Callable[[bytes, bytes, Reader], object] | None) -> object:
+    """The one value `line` holds. Raises WireError for anything outside the grammar."""
+    reader = Reader(line, other)
+    try:
+        value = reader.value()
+    except RecursionError as e:
+        raise WireError("value nested too deep") from e
+    reader.done()
+    return value
 
 
-def _pair(item: object) -> list:
-    if type(item) is not list or len(item) != 2:
-        raise WireError(f"not a key/value pair: {_show(item)}")
-    return item
-
-
-def _show(data: object) -> str:
-    text = repr(data)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def write_message(stream: io.BufferedIOBase, message: object) -> None:
-    """One message as one line of JSON (JSON never holds a raw newline)."""
-    stream.write(json.dumps(message, ensure_ascii=True, separators=(",", ":"), allow_nan=False).encode() + b"\n")
+def write_message(stream: io.BufferedIOBase, line: bytes) -> None:
+    stream.write(line + b"\n")
     stream.flush()
 
 
-def read_message(stream: io.BufferedIOBase) -> object:
-    """The next message; None at the end of the stream. Raises WireError for a cut, long or bad line."""
+def read_message(stream: io.BufferedIOBase) -> bytes | None:
+    """The next line, without its newline; None at the end of the stream. Raises WireError for a
+    line cut short or longer than MAX_MESSAGE."""
     line = stream.readline(MAX_MESSAGE + 1)
     if not line:
         return None
     if not line.endswith(b"\n"):
         raise WireError("message cut short or longer than the limit")
-    try:
-        return json.loads(line, parse_constant=_no_constant)
-    except (ValueError, RecursionError) as e:
-        raise WireError(f"not JSON: {type(e).__name__}") from e
-
-
-def _no_constant(name: str) -> None:
-    raise WireError(f"{name} is not JSON")
+    return line[:-1]
