@@ -29,9 +29,9 @@ MBPP = [
         None,
     ),
     (
-        "def remove_occ(s, ch):\n    first = s.find(ch)\n    if first < 0:\n        return s\n"
+        ("def remove_occ(s, ch):\n    first = s.find(ch)\n    if first < 0:\n        return s\n"
         "    s = s[:first] + s[first + 1:]\n    last = s.rfind(ch)\n"
-        "    return s[:last] + s[last + 1:] if last >= 0 else s\n",
+        "    return s[:last] + s[last + 1:] if last >= 0 else s\n"),
         "def remove_occ(s, ch):\n    return s.replace(ch, '')\n",
         ['assert remove_occ("hello", "l") == "heo"', 'assert remove_occ("abcda", "a") == "bcd"',
          'assert remove_occ("PHP", "P") == "H"', 'assert remove_occ("lollol", "l") == "ollo"'],
@@ -82,7 +82,48 @@ def test_mbpp_rows_pass_and_fail_as_they_should(form: Any) -> None:
     verdicts = build_judge("code", timeout_s=20).judge_batch(rows)
     assert [v.correct for v in verdicts] == [True] * len(MBPP) + [False] * len(MBPP), verdicts
     assert all(v.reason == "passed" for v in verdicts[: len(MBPP)])
-    assert all(v.reason.startswith("failed: AssertionError (line ") for v in verdicts[len(MBPP) :])
+    assert all(v.reason.startswith("failed: AssertionError (test line ") for v in verdicts[len(MBPP) :])
+
+
+# MBPP-style rows whose values are more than ints and lists: each crosses from the program to the
+# tests as the plain value an honest reader of the test expects (a Counter as a dict, a generator
+# as its items), or stays in the program as a reference the tests pass back (objects of its classes).
+RICH = {
+    "Counter vs dict": ("from collections import Counter\ndef count(s):\n    return Counter(s)\n",
+                        ["assert count('abca') == {'a': 2, 'b': 1, 'c': 1}"], None),
+    "namedtuple vs tuple": (("from collections import namedtuple\nP = namedtuple('P', 'x y')\n"
+                            "def point(a):\n    return P(a, a + 1)\n"), ["assert point(1) == (1, 2)"], None),
+    "generator read by list()": ("def evens(n):\n    return (i for i in range(n) if i % 2 == 0)\n",
+                                 ["assert list(evens(7)) == [0, 2, 4, 6]"], None),
+    "objects of the program's class made by the test": (
+        ("class Pair:\n    def __init__(self, a, b):\n        self.a, self.b = a, b\n"
+        "def max_chain_length(arr, n):\n    arr = sorted(arr, key=lambda p: p.b)\n    end, count = None, 0\n"
+        "    for p in arr:\n        if end is None or p.a > end:\n            end, count = p.b, count + 1\n    return count\n"),
+        ["assert max_chain_length([Pair(5, 24), Pair(15, 25), Pair(27, 40), Pair(50, 60)], 4) == 3"], None),
+    "a tree built by the setup code": (
+        ("def max_height(node):\n    if node is None:\n        return 0\n"
+        "    return 1 + max(max_height(node.left), max_height(node.right))\n"),
+        ["assert max_height(root) == 3", "assert max_height(leaf) == 1"],
+        ("class Node:\n    def __init__(self, data):\n        self.data, self.left, self.right = data, None, None\n"
+        "root = Node(1)\nroot.left = Node(2)\nroot.left.left = Node(4)\nleaf = Node(9)\n")),
+    "math imported by the program only": ("import math\ndef area(r):\n    return math.pi * r * r\n",
+                                          ["assert math.isclose(area(2), 12.566, rel_tol=0.001)"], None),
+    "plain values of every kind": (
+        ("def kinds():\n    return [None, True, 2 ** 20000, -0.0, 1e308, 1 + 2j, b'\\x00\\xff', 'caf\\u00e9 \\ud800',"
+        " (1, (2,)), {3, 4}, frozenset({5}), {'k': [1.5]}]\n"),
+        [("assert kinds() == [None, True, 2 ** 20000, -0.0, 1e308, 1 + 2j, b'\\x00\\xff', 'caf\\u00e9 \\ud800',"
+         " (1, (2,)), {3, 4}, frozenset({5}), {'k': [1.5]}]"),
+         "assert type(kinds()[1]) is bool and type(kinds()[8]) is tuple"], None),
+    "an exception the test expects": ("def parse(s):\n    return int(s)\n",
+                                      ["try:\n    parse('x')\n    raised = False\nexcept ValueError:\n    raised = True",
+                                       "assert raised"], None),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(RICH))
+def test_mbpp_rows_with_rich_values_pass_with_their_reference_code(name: str) -> None:
+    code, tests, setup = RICH[name]
+    assert CodeJudge(timeout_s=10).judge_row(mbpp_row(code, tests, setup)).reason == "passed"
 
 
 def test_reasons_say_what_happened() -> None:
@@ -90,7 +131,7 @@ def test_reasons_say_what_happened() -> None:
     cases = {
         "def f():\n    return 1": "passed",
         "def f(:\n    return 1": "syntax error: ",
-        "def f():\n    return 2": "failed: AssertionError (line 4: assert f() == 1)",
+        "def f():\n    return 2": "failed: AssertionError (test line 1: assert f() == 1)",
         "def f():\n    return g()": "failed: NameError: name 'g' is not defined (line 3: return g())",
         "def f():\n    while True:\n        pass": "timeout",
         "def f():\n    return len(bytearray(64 << 30))": "memory limit",
@@ -122,8 +163,10 @@ def test_rows_that_cannot_be_judged_are_error_rows_not_a_crash() -> None:
 def test_a_response_with_the_whole_function_keeps_the_prompts_imports(humaneval: list[dict[str, Any]]) -> None:
     problem = humaneval[0]  # `from typing import List` lives in its prompt only
     code = "def has_close_elements(numbers: List[float], threshold: float) -> bool:\n" + problem["canonical_solution"]
-    program = build_program(problem, code).source
-    assert "from typing import List" in program and "check(has_close_elements)" in program
+    program = build_program(problem, code)
+    assert "from typing import List" in program.source and "def has_close_elements" in program.source
+    first_line = problem["canonical_solution"].strip().splitlines()[0]  # the tests' sandbox never holds the response
+    assert repr(problem["test"]) in program.checker and first_line not in program.checker
     assert CodeJudge().judge_row({**problem, "response": fenced(code)}).reason == "passed"
 
 

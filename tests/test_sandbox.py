@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 
 from s3ft.judges.base import Verdict
-from s3ft.judges.code import CodeJudge, verdict_of
-from s3ft.sandbox import run_program
+from s3ft.judges.code import CodeJudge, failure_of
+from s3ft.sandbox import Limits, run_program
 from s3ft.sandbox.runner import MAX_PROCESSES
 from s3ft.sandbox.uids import NOBODY, SLOTS, UID_BASE, candidates, lease_uid
 
@@ -169,7 +169,7 @@ def test_cpu_time_is_limited_across_all_threads_and_judged_a_timeout() -> None:
     )
     result = run_program(busy, timeout_s=60, cpu_s=2)
     assert result.signal == signal.SIGXCPU and not result.timed_out, result
-    assert verdict_of(result, nonce="").reason == "timeout"
+    assert failure_of(result) == "timeout"
 
 
 WRITE_FILES = """
@@ -230,7 +230,7 @@ def test_a_process_tree_shares_one_memory_limit(isolation: tuple[str, ...]) -> N
     )
     result = run_program(tree, timeout_s=20, memory_mb=256)
     assert result.memory_limited and not result.timed_out
-    assert verdict_of(result, nonce="").reason == "memory limit"
+    assert failure_of(result) == "memory limit"
 
 
 def test_writes_outside_the_sandbox_never_land(isolation: tuple[str, ...], tmp_path: Path) -> None:
@@ -367,7 +367,7 @@ def test_in_a_container_mapping_few_uids_one_programs_end_kills_no_other(monkeyp
     if os.geteuid() != 0:
         pytest.skip("only a root judge drops programs to a uid of their own")
     monkeypatch.setattr("s3ft.sandbox.uids.mapped_ranges", lambda: [(0, 65536)])
-    monkeypatch.setattr("s3ft.judges.code.run_program", functools.partial(run_program, namespaces=False))
+    monkeypatch.setattr("s3ft.judges.code.Limits", functools.partial(Limits, namespaces=False))
     monkeypatch.setitem(sys.modules, "ray", None)  # the local pool, where the patches above apply
     host_nobody = subprocess.Popen(["sleep", "60"], user=NOBODY, group=NOBODY, extra_groups=[])
     own_uid = f"import os\nassert 0 < os.getuid() < {NOBODY}, os.getuid()\n"

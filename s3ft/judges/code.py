@@ -2,56 +2,59 @@
 
 Rows are HumanEval-style (`prompt`, `test`, `entry_point`: the tests define `check(candidate)`) or
 MBPP-style (`test_list` of assert lines, optional `test_setup_code`). The program is taken from the
-response (`extract_code`), joined with the tests (`build_program`) and run by `s3ft.sandbox`, one
-fresh process per row; the reason names what happened: `passed`, `syntax error: ...`,
-`failed: ...`, `timeout`, `memory limit`, `output limit`, `killed by signal N`, `error: ...`.
+response (`extract_code`) and runs in a sandbox; the tests run in a second sandbox, the checker,
+and call the program's functions over pipes (`build_program`, `s3ft.sandbox.run_checked`). Only
+the checker can report a pass (docs/sandbox.md, "The verdict"). The reason names what happened:
+`passed`, `syntax error: ...`, `failed: ...`, `timeout`, `memory limit`, `output limit`,
+`killed by signal N`, `error: ...`.
 """
 
 from __future__ import annotations
 
 import ast
+import builtins
 import functools
 import logging
 import math
 import os
 import re
-import secrets
 import signal
 import sys
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from s3ft.judges.base import Judge, Verdict, register
-from s3ft.sandbox import SandboxResult, run_program
+from s3ft.sandbox import CheckedRun, Limits, SandboxResult, run_checked
 
 log = logging.getLogger(__name__)
 
 _FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _PYTHON_TAGS = ("python", "python3", "py")
-_PROGRAM_LINE = re.compile(r'File "[^"]*/program\.py", line (\d+)[^\n]*\n(?:    ([^\n]*)\n)?')
 _WEAK = ("pid-ns", "net-ns", "read-only-fs")  # without these the sandbox is a documented fallback: say so once
-# The program runs under exec with its own globals, as the HumanEval harness does, so a response's
-# `if __name__ == "__main__":` demo is not run; it is written to program.py first so a traceback
-# shows its lines. The last line proves the tests ran to their end (an early exit(0) does not pass).
-_HARNESS = """import os, sys
-source = {source!r}
-with open("program.py", "w", errors="replace") as f:
-    f.write(source)
-program = compile(source, os.path.abspath("program.py"), "exec")
-exec(program, {{"__name__": "__program__", "__builtins__": __builtins__}})
-sys.stdout.flush()
-os.write(1, b"{nonce}\\n")
+_HARNESS = Path(__file__).with_name("harness")
+# Each sandbox's prog.py: wire.py becomes the module `wire`, then the side's harness runs its job.
+# The program's own code and the tests are string literals in JOB, run by the harness (server.py:
+# the program, with __name__ "__program__", so a response's `if __name__ == "__main__":` demo is
+# not run; checker.py: the tests).
+_BOOT = """import sys, types
+wire = types.ModuleType("wire")
+exec(compile({wire!r}, "wire.py", "exec"), wire.__dict__)
+sys.modules["wire"] = wire
+harness = {{"__name__": "__harness__"}}
+exec(compile({main!r}, {name!r}, "exec"), harness)
+harness["main"]({job!r})
 """
 
 
 @dataclass(frozen=True)
 class Program:
-    """A program ready for the sandbox, and the line it prints only once all its tests have passed."""
+    """One row ready for the sandboxes: the response's code behind its server, and the checker with the tests."""
 
-    source: str
-    nonce: str
+    source: str  # the program's sandbox: server.py and the response's code (untrusted)
+    checker: str  # the checker's sandbox: checker.py and the row's tests (never sees the response)
 
 
 def extract_code(response: str) -> str:
@@ -83,54 +86,104 @@ def _unquote(body: str) -> str:
 
 
 def build_program(row: Mapping[str, Any], code: str) -> Program:
-    """The response's code joined with the row's tests, wrapped in the harness.
+    """The response's code for the program's sandbox; the row's tests for the checker's.
 
-    HumanEval: prompt + completion + test + `check(entry_point)`; a response that writes the whole
+    HumanEval: the program is prompt + completion; a response that writes the whole
     `def entry_point` comes after the prompt instead of completing it, so the prompt's imports and
-    helpers still stand and the response's definition replaces the prompt's stub. MBPP: setup code,
-    the code, then each assert.
+    helpers still stand and the response's definition replaces the prompt's stub. The checker runs
+    the prompt (its helpers, such as `poly` or `encode_cyclic`, are the prompt's, never the
+    program's), the test, then `check(entry_point)`. MBPP: the program is setup code + code; the
+    checker runs the setup code, then the asserts.
     """
     if row.get("test_list") is not None:
         tests = row["test_list"]
         if not isinstance(tests, list) or not all(isinstance(t, str) for t in tests):
             raise ValueError("test_list is not a list of strings")
-        source = "\n".join([str(row.get("test_setup_code") or ""), code, *tests]) + "\n"
+        setup = str(row.get("test_setup_code") or "")
+        source, job = f"{setup}\n{code}\n", {"setup": setup, "test": "\n".join(tests) + "\n", "entry_point": ""}
     else:
         entry, prompt = str(row["entry_point"]), str(row.get("prompt") or "")
         defines = re.search(rf"^(?:async\s+)?def\s+{re.escape(entry)}\s*\(", code, re.MULTILINE)
-        body = f"{prompt}\n{code}" if defines else prompt + code
-        source = f"{body}\n\n{row['test']}\n\ncheck({entry})\n"
-    nonce = secrets.token_hex(16)
-    return Program(_HARNESS.format(source=source, nonce=nonce), nonce)
+        source = (f"{prompt}\n{code}" if defines else prompt + code) + "\n"
+        job = {"setup": prompt, "test": str(row["test"]), "entry_point": entry}
+    names = free_names(job["setup"], job["test"]) | ({job["entry_point"]} if job["entry_point"] else set())
+    return Program(_boot("server.py", {"source": source}), _boot("checker.py", {**job, "names": sorted(names)}))
 
 
-def verdict_of(result: SandboxResult, nonce: str) -> Verdict:
-    """What a sandbox run means for the row."""
-    last = next((line for line in reversed(result.stderr.splitlines()) if line.strip()), "")
-    if result.error:
-        return Verdict(False, f"error: {result.error}")
-    if result.memory_limited or last.startswith("MemoryError"):
-        return Verdict(False, "memory limit")
-    if result.timed_out or result.signal == signal.SIGXCPU:
-        return Verdict(False, "timeout")
-    if result.output_limited:
-        return Verdict(False, "output limit")
-    if result.returncode == 0 and nonce in result.stdout:
+def free_names(*sources: str) -> set[str]:
+    """Names the row's code reads but never binds and no builtin has: the ones the program must give.
+
+    Parsed here (parsing runs nothing), so the checker need not import `ast`. A row whose own code
+    does not parse is the row's error (ValueError), not the response's failure.
+    """
+    read, bound = set(), set()
+    for source in sources:
+        try:
+            tree = ast.parse(source)
+        except SyntaxError as e:
+            raise ValueError(f"the row's tests or setup code do not parse: {e}") from e
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Name):
+                (read if isinstance(node.ctx, ast.Load) else bound).add(node.id)
+            elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                bound.add(node.name)
+            elif isinstance(node, ast.arg):
+                bound.add(node.arg)
+            elif isinstance(node, ast.Import | ast.ImportFrom):
+                bound.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ExceptHandler) and node.name:
+                bound.add(node.name)
+    return read - bound - set(dir(builtins))
+
+
+def _boot(name: str, job: Mapping[str, Any]) -> str:
+    wire, main = _harness("wire.py"), _harness(name)
+    return _BOOT.format(wire=wire, main=main, name=name, job=dict(job))
+
+
+@functools.cache
+def _harness(name: str) -> str:
+    return (_HARNESS / name).read_text()
+
+
+def verdict_of(run: CheckedRun) -> Verdict:
+    """What a checked run means for the row: passed only on the checker's keyed report."""
+    if run.passed:
         return Verdict(True, "passed")
-    if result.signal is not None:
-        return Verdict(False, f"killed by signal {result.signal}")
-    if result.returncode == 126 and last.startswith("sandbox:"):
-        return Verdict(False, f"error: {last}")
-    if result.returncode == 0:
+    program, report = run.program, run.report
+    if program.error:
+        return Verdict(False, f"error: {program.error}")
+    if (failure := failure_of(program)) is not None:
+        return Verdict(False, failure)
+    if run.checker.timed_out or run.checker.signal == signal.SIGXCPU:
+        return Verdict(False, "timeout")
+    if report.startswith("failed: MemoryError"):
+        return Verdict(False, "memory limit")
+    if report and report != "ended":
+        return Verdict(False, _short(report))
+    if report == "ended":  # the program's process ended mid-tests: say how
+        last = next((line for line in reversed(program.stderr.splitlines()) if line.strip()), "")
+        if program.signal is not None:
+            return Verdict(False, f"killed by signal {program.signal}")
+        if program.returncode == 126 and last.startswith("sandbox:"):
+            return Verdict(False, f"error: {last}")
+        if program.returncode:
+            return Verdict(False, f"failed: exit code {program.returncode}")
         return Verdict(False, "failed: the program exited before its tests finished")
-    if "Traceback (most recent call last)" not in result.stderr:
-        return Verdict(False, f"failed: exit code {result.returncode}")
-    where = _PROGRAM_LINE.findall(result.stderr)  # frames in the program: the last is where it failed
-    if last.startswith(("SyntaxError", "IndentationError", "TabError")):
-        message = last.split(":", 1)[-1].strip()
-        return Verdict(False, _short(f"syntax error: {message}" + (f" (line {where[-1][0]})" if where else "")))
-    at = f" (line {where[-1][0]}: {where[-1][1].strip()})" if where else ""
-    return Verdict(False, _short(f"failed: {_short(last, 100)}{at}"))
+    checker_last = next((line for line in reversed(run.checker.stderr.splitlines()) if line.strip()), "")
+    return Verdict(False, _short(f"error: the checker gave no verdict ({run.checker.error or checker_last})"))
+
+
+def failure_of(result: SandboxResult) -> str | None:
+    """How the sandbox ended a program, where it did: `memory limit`, `timeout` or `output limit`."""
+    last = next((line for line in reversed(result.stderr.splitlines()) if line.strip()), "")
+    if result.memory_limited or last.startswith("MemoryError"):
+        return "memory limit"
+    if result.timed_out or result.signal == signal.SIGXCPU:
+        return "timeout"
+    if result.output_limited:
+        return "output limit"
+    return None
 
 
 def _short(text: str, limit: int = 200) -> str:
@@ -145,13 +198,15 @@ def judge_programs(programs: Sequence[Program], timeout_s: float, memory_mb: int
     parallelism without forking a parent that may hold Ray, CUDA or a model.
     """
 
+    limits = Limits(timeout_s=timeout_s, memory_mb=memory_mb)
+
     def one(program: Program) -> Verdict:
         try:
-            result = run_program(program.source, timeout_s=timeout_s, memory_mb=memory_mb)
+            run = run_checked(program.source, program.checker, limits)
         except OSError as e:  # the host could not start the jail (out of processes, disk): this row only
             return Verdict(False, f"error: sandbox could not start: {e}")
-        _warn_if_weak(result.isolation)
-        return verdict_of(result, program.nonce)
+        _warn_if_weak(run.program.isolation)
+        return verdict_of(run)
 
     if num_workers <= 1 or len(programs) <= 1:
         return [one(p) for p in programs]

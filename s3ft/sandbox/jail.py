@@ -4,7 +4,9 @@ A standalone script (stdlib only, never imports s3ft) because it runs around unt
 where the host is root, as root: it enters new namespaces, builds the program's view of the
 filesystem, sets the limits, drops to the sandbox uid and execs the program. Each mechanism is tried
 and, where the host lacks it, skipped; every one that applied is reported to the runner on the
-status pipe (`applied pid-ns net-ns ...`), so `SandboxResult.isolation` says what really held. Plain
+status pipe (`applied pid-ns net-ns ...`), so `SandboxResult.isolation` says what really held.
+`fds=A,B,...` hands the runner's descriptors to the program as 3, 4, ... (the code judge's pipes
+between a program and its checker); every other descriptor is closed before the exec. Plain
 text lines and argv, not JSON: importing `json` (and `re` with it) would double the jail's start-up.
 
 `jail.py --sweep UID` kills every process of a sandbox uid: the runner's last resort on hosts
@@ -15,6 +17,7 @@ sound because the runner leases each running program a uid of its own (`s3ft/san
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import os
 import resource
 import select
@@ -88,11 +91,13 @@ def report(status: int, *words: object) -> None:
 
 
 def parse_config(args: list[str]) -> dict:
-    cfg: dict = {"cgroups": []}
+    cfg: dict = {"cgroups": [], "fds": []}
     for arg in args:
         key, _, value = arg.partition("=")
         if key == "cgroup":
             cfg["cgroups"].append(value.split(":", 1))
+        elif key == "fds":
+            cfg["fds"] = [int(fd) for fd in value.split(",") if fd]
         else:
             cfg[key] = int(value) if key in INT_KEYS else value
     return cfg
@@ -157,8 +162,17 @@ def build_filesystem(cfg: dict, uid: int | None) -> list[str]:
     return applied
 
 
+def pass_fds(fds: list[int]) -> None:
+    """The runner's descriptors for the program (the code judge's pipes) as 3, 4, ...; all others closed."""
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 100) for fd in fds]  # out of the way of 3.. first
+    for number, fd in enumerate(high, start=3):
+        os.dup2(fd, number)  # inheritable: they survive the exec
+    os.closerange(3 + len(fds), 1 << 16)
+
+
 def exec_program(cfg: dict, python: str, uid: int | None, namespaces: list[str], workdir: str) -> None:
     """In the program's process: limits, no privileges, then exec; never returns."""
+    pass_fds(cfg["fds"])
     set_limit(resource.RLIMIT_CPU, cfg["cpu_s"], cfg["cpu_s"] + 1)
     set_limit(resource.RLIMIT_AS, cfg["memory_bytes"])
     set_limit(resource.RLIMIT_FSIZE, cfg["disk_bytes"])
@@ -171,7 +185,6 @@ def exec_program(cfg: dict, python: str, uid: int | None, namespaces: list[str],
     if uid is not None:
         become(uid)
     os.chdir(workdir)
-    os.closerange(3, 1 << 16)
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": workdir, "TMPDIR": workdir}
     os.execve(python, [python, "-I", "-S", "-B", os.path.join(workdir, "prog.py")], env)
 
