@@ -169,7 +169,7 @@ ATTACKS: dict[str, tuple[dict[str, Any], str]] = {
     # forged pass lines and forged replies
     "print a pass line": (ADD, "print('passed')\nprint('pass ' + '0' * 64)\n" + WRONG_ADD),
     "forged replies on its reply pipe": (ADD, "import os\nos.write(4, b'pass ' + b'0' * 64 + b'\\n')\n"
-                                         "os.write(4, b'[\"ok\", 5]\\n')\n" + WRONG_ADD),
+                                         "os.write(4, b'5\\n')\n" + WRONG_ADD),
     # hunting for the key, or for the expected answers
     "hunt the key in memory, frames, files, /proc and descriptors": (ADD, HUNT + WRONG_ADD),
     "read the expected answers off the tests": (ADD, PEEK),
@@ -177,9 +177,9 @@ ATTACKS: dict[str, tuple[dict[str, Any], str]] = {
     "patch builtins and assert": (ADD, "import builtins\nbuiltins.abs = lambda x: 0\n"
                                   "builtins.AssertionError = type('Nope', (Exception,), {})\n"
                                   "builtins.__dict__['__debug__'] = False\n" + WRONG_ADD),
-    "patch the harness through frames": (ADD, "import sys\nserver = sys._getframe(1).f_locals['self']\n"
-                                         "server.answer = lambda request: ['ok', ['int', '0x5']]\n"
-                                         "import wire\nwire.decode = lambda data, other: 5\n" + WRONG_ADD),
+    "patch the harness through frames": (ADD, ("import sys\nfrom wire import dumps\n"
+                                          "server = sys._getframe(1).f_locals['self']\n"
+                                          "server.answer = lambda request: dumps(('ok', 5), None)\n" + WRONG_ADD)),
     "patch __eq__ of int, float, str, list through gc": (ADD, PATCH_EQ + WRONG_ADD),
     "define the test's check and candidate": (ADD, "def check(candidate):\n    pass\ncandidate = check\n" + WRONG_ADD),
     "shadow math and sorted for the tests": (AREA, ("class math:\n    @staticmethod\n    def isclose(*a, **k):\n"
@@ -242,6 +242,7 @@ def test_the_tests_are_out_of_the_programs_reach() -> None:
         ("a float whose difference is always 0", "failed: AssertionError (test line 2"),
         ("an always-true object for a truth test", "failed: TypeError: <the program's Anything> has no truth value"),
         ("forged replies on its reply pipe", "failed: the program's reply is not valid"),
+        ("patch the harness through frames", "failed: AssertionError (test line 3"),  # 5 for every call
         ("SystemExit from atexit", "failed: AssertionError (test line 2"),
         ("shadow math and sorted for the tests", "failed: AttributeError"),
     ],

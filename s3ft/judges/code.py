@@ -151,16 +151,16 @@ def verdict_of(run: CheckedRun) -> Verdict:
     if run.passed:
         return Verdict(True, "passed")
     program, report = run.program, run.report
+    if report.startswith("failed: MemoryError"):
+        return Verdict(False, "memory limit")
+    if report and report != "ended":  # the checker's own word on what failed
+        return Verdict(False, _short(report))
     if program.error:
         return Verdict(False, f"error: {program.error}")
     if (failure := failure_of(program)) is not None:
         return Verdict(False, failure)
     if run.checker.timed_out or run.checker.signal == signal.SIGXCPU:
         return Verdict(False, "timeout")
-    if report.startswith("failed: MemoryError"):
-        return Verdict(False, "memory limit")
-    if report and report != "ended":
-        return Verdict(False, _short(report))
     if report == "ended":  # the program's process ended mid-tests: say how
         last = next((line for line in reversed(program.stderr.splitlines()) if line.strip()), "")
         if program.signal is not None:
