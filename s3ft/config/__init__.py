@@ -4,6 +4,7 @@ The schemas of every section (stages, judge, train) and the loading, overriding 
 whole config. Nothing here imports a stage: `s3ft plan`, `--help` and validation stay light.
 """
 
+from s3ft.config import stages
 from s3ft.config.experiment import (
     Config,
     apply_overrides,
@@ -15,22 +16,11 @@ from s3ft.config.experiment import (
     stage_key,
 )
 from s3ft.config.judges import JUDGE_OPTIONS, JudgeConfig, LLMJudgeConfig
-from s3ft.config.stages import (
-    ClusterConfig,
-    DataConfig,
-    EvalConfig,
-    GenerationConfig,
-    ModelConfig,
-    ParaphraseConfig,
-    RayConfig,
-    SelectionConfig,
-    TaskName,
-)
+from s3ft.config.stages import *  # every stage section
 from s3ft.config.train import LoraConfig, TrainConfig
 
 __all__ = [
-    "JUDGE_OPTIONS", "ClusterConfig", "Config", "DataConfig", "EvalConfig", "GenerationConfig", "JudgeConfig",
-    "LLMJudgeConfig", "LoraConfig", "ModelConfig", "ParaphraseConfig", "RayConfig", "SelectionConfig", "TaskName",
-    "TrainConfig", "apply_overrides", "build_config", "build_section", "load_config", "parse_override",
-    "save_config", "stage_key",
+    "JUDGE_OPTIONS", "Config", "JudgeConfig", "LLMJudgeConfig", "LoraConfig", "TrainConfig", "apply_overrides",
+    "build_config", "build_section", "load_config", "parse_override", "save_config", "stage_key",
 ]
+__all__ += stages.__all__

@@ -9,6 +9,9 @@ from pydantic import Field
 
 from s3ft.config.section import Section
 
+__all__ = ["ClusterConfig", "DataConfig", "EvalConfig", "GenerationConfig", "ModelConfig", "ParaphraseConfig",
+           "RayConfig", "SelectionConfig", "TaskName"]
+
 TaskName = Literal["gsm8k", "humaneval", "mbpp", "nq_open", "generic"]
 
 
