@@ -188,6 +188,7 @@ def test_replies_already_paid_for_are_kept_when_the_stage_stops(tmp_path: Path) 
         stopped = judge(url, tmp_path, max_concurrency=3)
         with pytest.raises(JudgeError, match="401"):
             stopped.judge_batch(ROWS[:3])
+        assert len(server.requests) == 3
         assert stopped._client is not None and stopped._client.requested == 2
         stopped.close()
     resumed = judge(url, tmp_path, max_retries=0)  # the server is gone: two rows come from the cache

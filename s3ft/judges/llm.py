@@ -18,7 +18,7 @@ from s3ft.config import EndpointConfig, LLMJudgeConfig
 from s3ft.errors import JudgeError
 from s3ft.generation.base import Sampling
 from s3ft.judges.base import Judge, Verdict, build_judge, register
-from s3ft.judges.fence import DEFAULT_TEMPLATE, FIELDS, check_template, fence_nonce, outside_blocks, render_judge_prompt
+from s3ft.judges.fence import DEFAULT_TEMPLATE, FIELDS, fence_nonce, outside_blocks, render_judge_prompt
 from s3ft.judges.qa import gold_answers
 
 if TYPE_CHECKING:
@@ -74,8 +74,7 @@ class LLMJudge(Judge):
 
     def __init__(self, settings: LLMJudgeConfig | Mapping[str, Any]):
         self.settings = LLMJudgeConfig.model_validate(settings)
-        self.template = self.settings.template or DEFAULT_TEMPLATE
-        check_template(self.template)
+        self.template = self.settings.template or DEFAULT_TEMPLATE  # a template of one's own was checked by the config
         self.audit = build_judge(self.settings.audit_with) if self.settings.audit_with else None
         self.audited = 0
         self._stack = contextlib.ExitStack()
