@@ -61,7 +61,7 @@ def test_judge_code_runs_each_program_in_the_sandbox(tmp_path: Path, capsys: pyt
     args = ["judge", "code", "--input", str(src), "--output", str(dst), "--set", "judge.options.timeout_s=2"]
     assert main(args) == 0
     reasons = [json.loads(line)["reason"] for line in dst.read_text().splitlines()]
-    assert reasons == ["passed", "failed: AssertionError (line 4: assert add(1, 2) == 3)", "timeout"]
+    assert reasons == ["passed", "failed: AssertionError (test line 1: assert add(1, 2) == 3)", "timeout"]
     assert "3 rows judged: 1 correct, 2 incorrect (0 could not be judged)" in capsys.readouterr().out
 
 

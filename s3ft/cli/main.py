@@ -205,7 +205,7 @@ def cmd_judge(args: argparse.Namespace) -> None:
             raise ConfigError(f"--set {'.'.join(key)}: `s3ft judge` takes judge.* keys only (e.g. judge.match=contains)")
     settings = apply_overrides({"judge": {"kind": args.kind}}, args.overrides)
     cfg = build_section(JudgeConfig, settings["judge"], "judge")
-    with _ray(None, needed=cfg.kind == "llm"):
+    with _ray(None, needed=cfg.kind == "llm" and cfg.llm is not None and cfg.llm.endpoint is None):
         stats = judge_file(cfg, args.input, args.output)
     total, correct = stats["rows"], stats["correct"]
     print(f"{total} rows judged: {correct} correct, {total - correct} incorrect "

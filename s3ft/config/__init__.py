@@ -15,12 +15,12 @@ from s3ft.config.experiment import (
     save_config,
     stage_key,
 )
-from s3ft.config.judges import JUDGE_OPTIONS, JudgeConfig, LLMJudgeConfig
-from s3ft.config.stages import *  # every stage section
+from s3ft.config.judges import JUDGE_OPTIONS, EndpointConfig, JudgeConfig, LLMJudgeConfig
+from s3ft.config.stages import *  # noqa: F403  (every stage section)
 from s3ft.config.train import LoraConfig, TrainConfig
 
 __all__ = [
-    "JUDGE_OPTIONS", "Config", "JudgeConfig", "LLMJudgeConfig", "LoraConfig", "TrainConfig", "apply_overrides",
+    "JUDGE_OPTIONS", "Config", "EndpointConfig", "JudgeConfig", "LLMJudgeConfig", "LoraConfig", "TrainConfig", "apply_overrides",
     "build_config", "build_section", "load_config", "parse_override", "save_config", "stage_key",
 ]
 __all__ += stages.__all__

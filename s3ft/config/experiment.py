@@ -48,6 +48,9 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
+        endpoint = self.judge.llm.endpoint if self.judge.llm else None
+        if endpoint is not None and endpoint.cache_dir is None:  # a resumed run finds the replies it paid for
+            endpoint.cache_dir = str(Path(self.output_dir) / "cache")
         if self.generation.backend == "hf" and self.generation.tensor_parallel_size > 1:
             raise ValueError("generation.tensor_parallel_size > 1 needs backend 'vllm'")
         if self.cluster is not None and self.cluster.gpus_per_node > 0:

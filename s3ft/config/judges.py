@@ -42,8 +42,20 @@ JUDGE_OPTIONS: dict[str, type[Section]] = {
 }
 
 
+class EndpointConfig(Section):
+    base_url: str = Field(description="The server's OpenAI API root, e.g. http://127.0.0.1:8000/v1 (vLLM's `vllm serve`).")
+    model: str = Field(description="The model name the server serves (as /v1/models lists it).")
+    api_key_env: str | None = Field(None, description="Environment variable that holds the API key; none sends no key (a local server).")
+    max_concurrency: int = Field(8, gt=0, description="Requests in flight at once.")
+    timeout_s: float = Field(120.0, gt=0, description="Timeout of one request, in seconds.")
+    max_retries: int = Field(8, ge=0, description="Retries of a request after a 429, a 5xx, a timeout or a dropped connection.")
+    backoff_s: float = Field(1.0, gt=0, description="Wait before the first retry; doubles each time up to 30 s, or the server's Retry-After.")
+    cache_dir: str | None = Field(None, description="Folder of the reply cache keyed by (model, prompt); in a run, default OUTPUT_DIR/cache.")
+
+
 class LLMJudgeConfig(Section):
-    model: ModelConfig = Field(description="The judge model (often a larger instruct model than the one trained).")
+    model: ModelConfig | None = Field(None, description="The judge model served in Ray actors (often a larger instruct model than the one trained).")
+    endpoint: EndpointConfig | None = Field(None, description="Instead of `model`: an OpenAI-compatible server that serves the judge model.")
     generation: GenerationConfig = Field(
         default_factory=lambda: GenerationConfig(max_tokens=64), description="How the judge model is served."
     )
@@ -52,7 +64,9 @@ class LLMJudgeConfig(Section):
     audit_size: int = Field(100, gt=0, description="How many rows the audit compares.")
 
     @model_validator(mode="after")
-    def _template_reads_the_answer_as_data(self) -> LLMJudgeConfig:
+    def _one_judge_model_and_a_template_that_reads_the_answer_as_data(self) -> LLMJudgeConfig:
+        if (self.model is None) == (self.endpoint is None):
+            raise ValueError("judge.llm needs exactly one of model (served in Ray actors) and endpoint (an OpenAI-compatible server)")
         if self.template is not None:
             check_judge_template(self.template)
         return self
@@ -87,7 +101,7 @@ class JudgeConfig(Section):
         if self.kind == "python" and not self.target:
             raise ValueError("judge.kind 'python' needs judge.target: 'package.module:function'")
         if self.kind == "llm" and self.llm is None:
-            raise ValueError("judge.kind 'llm' needs a judge.llm section with at least model.path")
+            raise ValueError("judge.kind 'llm' needs a judge.llm section with model.path or an endpoint")
         self.kind_options()
         return self
 

@@ -9,15 +9,22 @@ never trusted.
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from s3ft.config import LLMJudgeConfig
+from s3ft.config import EndpointConfig, LLMJudgeConfig
+from s3ft.errors import JudgeError
 from s3ft.generation.base import Sampling
 from s3ft.judges.base import Judge, Verdict, build_judge, register
 from s3ft.judges.fence import DEFAULT_TEMPLATE, FIELDS, fence_nonce, outside_blocks, render_judge_prompt
 from s3ft.judges.qa import gold_answers
+
+if TYPE_CHECKING:
+    from s3ft.judges.endpoint import EndpointClient
+
+log = logging.getLogger(__name__)
 
 YES = {"1", "yes", "correct", "true", "right"}
 NO = {"0", "no", "incorrect", "false", "wrong", "not correct"}
@@ -45,8 +52,14 @@ def judge_fields(row: Mapping[str, Any]) -> dict[str, str]:
     return {"question": str(row["question"]), "gold": " | ".join(gold_answers(row)), "response": str(row["response"])}
 
 
-def judge_request(template: str, row: Mapping[str, Any]) -> str:
-    return render_judge_prompt(template, judge_fields(row))
+def judge_request(template: str, row: Mapping[str, Any], specials: Sequence[str] = ()) -> str:
+    return render_judge_prompt(template, judge_fields(row), specials)
+
+
+def special_tokens(tokenizer: Any) -> list[str]:
+    """The tokenizer's special tokens as text: written in the data, they would be read as control tokens."""
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    return [*getattr(tokenizer, "all_special_tokens", []), *(t.content for t in added.values() if t.special)]
 
 
 def row_nonce(row: Mapping[str, Any]) -> str:
@@ -61,12 +74,13 @@ class LLMJudge(Judge):
 
     def __init__(self, settings: LLMJudgeConfig | Mapping[str, Any]):
         self.settings = LLMJudgeConfig.model_validate(settings)
-        self.template = self.settings.template or DEFAULT_TEMPLATE  # a user's was checked with the config
+        self.template = self.settings.template or DEFAULT_TEMPLATE  # a template of one's own was checked by the config
         self.audit = build_judge(self.settings.audit_with) if self.settings.audit_with else None
         self.audited = 0
         self._stack = contextlib.ExitStack()
         self._pool: Any = None
         self._tokenizer: Any = None
+        self._client: EndpointClient | None = None
 
     def missing_fields(self, row: Mapping[str, Any]) -> Verdict | None:
         if (verdict := super().missing_fields(row)) is not None:
@@ -78,7 +92,10 @@ class LLMJudge(Judge):
     def judge_batch(self, rows: Sequence[Mapping[str, Any]]) -> list[Verdict]:
         verdicts: list[Verdict | None] = [self.missing_fields(row) for row in rows]
         todo = [i for i, v in enumerate(verdicts) if v is None]
-        replies = self._ask([self._prompt(rows[i]) for i in todo]) if todo else []
+        # Served by our own engines, the judge's tokenizer is at hand; an endpoint's is not (known forms only).
+        specials = special_tokens(self._engine()[1]) if todo and self.settings.endpoint is None else []
+        requests = [[{"role": "user", "content": judge_request(self.template, rows[i], specials)}] for i in todo]
+        replies = self._ask(requests) if todo else []
         for i, reply in zip(todo, replies, strict=True):
             verdicts[i] = self._verdict(rows[i], reply)
         return [v for v in verdicts if v is not None]
@@ -95,16 +112,26 @@ class LLMJudge(Judge):
             return Verdict(verdict.correct, verdict.reason, audit=self.audit.judge_batch([row])[0].correct)
         return verdict
 
-    def _prompt(self, row: Mapping[str, Any]) -> str:
+    def _ask(self, requests: list[list[dict[str, str]]]) -> list[str]:
+        """The judge model's replies: from the OpenAI-compatible endpoint, else from engines of our own."""
+        if (endpoint := self.settings.endpoint) is not None:
+            return self._endpoint(endpoint).ask(requests)
         from s3ft.models.chat import render_prompt
 
-        return render_prompt(self._engine()[1], [{"role": "user", "content": judge_request(self.template, row)}])
-
-    def _ask(self, prompts: list[str]) -> list[str]:
         gen = self.settings.generation
         sampling = Sampling.from_config(gen)
-        ((_, completions),) = list(self._engine()[0].generate_shards([(0, prompts)], sampling))
+        pool, tokenizer = self._engine()
+        prompts = [render_prompt(tokenizer, messages) for messages in requests]
+        ((_, completions),) = list(pool.generate_shards([(0, prompts)], sampling))
         return [c[0] for c in completions]
+
+    def _endpoint(self, settings: EndpointConfig) -> EndpointClient:
+        if self._client is None:
+            from s3ft.judges.endpoint import EndpointClient
+
+            self._client = EndpointClient(settings, self.settings.generation)
+            self._stack.callback(self._client.close)
+        return self._client
 
     def _engine(self) -> tuple[Any, Any]:
         """The judge model's engine pool and tokenizer, started on first use."""
@@ -113,6 +140,8 @@ class LLMJudge(Judge):
             from s3ft.models.resolve import load_tokenizer, resolve_model
             from s3ft.runtime.cluster import require_ray
 
+            if self.settings.model is None:
+                raise JudgeError("judge.llm: no model to serve (judge.llm.model.path) and no endpoint")
             require_ray()
             path = resolve_model(self.settings.model)
             self._tokenizer = load_tokenizer(path, self.settings.model.trust_remote_code)
@@ -121,5 +150,8 @@ class LLMJudge(Judge):
         return self._pool, self._tokenizer
 
     def close(self) -> None:
+        if self._client is not None:
+            log.info("llm judge endpoint: %d requests, %d replies from the cache, %d retries",
+                     self._client.requested, self._client.reused, self._client.retried)
         self._stack.close()
-        self._pool = None
+        self._pool = self._client = None
