@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 from s3ft.train.batching import IGNORE, collate, flatten, packed, padded
 from s3ft.train.config import TrainConfig
-from s3ft.train.model import load_model, lr_lambda, nll_sum
+from s3ft.train.loss import full_logits_nll, nll_sum
+from s3ft.train.model import load_model, lr_lambda
 from s3ft.train.tokenize import tokenize_rows
 
 ROWS = [
@@ -149,3 +150,46 @@ def test_gradient_checkpointing_follows_the_config(setup, on):
     assert model.is_gradient_checkpointing is on
     layers = model.model.layers
     assert all(layer.gradient_checkpointing is on for layer in layers) and len(layers) == 2
+
+
+def loss_and_grads(model, batch, loss_fn):
+    model.zero_grad()
+    loss = loss_fn(model, batch)
+    loss.backward()
+    return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_chunked_loss_equals_full_logits_in_value_and_gradients(setup, tied):
+    """The head on labelled positions only, 7 tokens per chunk (several chunks, a ragged last one), with dropout."""
+    from transformers import AutoModelForCausalLM
+
+    from s3ft.train.loss import chunkable
+
+    _, tokenizer, data, path = setup
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa",
+                                                 attention_dropout=0.2).train()
+    if tied:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    assert chunkable(model) and (model.lm_head.weight is model.model.embed_tokens.weight) is tied
+    batch = collate(data, ((3, 1), (2, 0)), pad_id=tokenizer.pad_token_id)
+    vocab = model.config.vocab_size
+    torch.manual_seed(5)
+    full, full_grads = loss_and_grads(model, batch, full_logits_nll)
+    torch.manual_seed(5)
+    chunked, grads = loss_and_grads(model, batch, lambda m, b: nll_sum(m, b, chunk_logits=7 * vocab))
+    assert int((batch["labels"] != IGNORE).sum()) > 3 * 7
+    assert chunked == pytest.approx(full, rel=1e-6)
+    assert grads.keys() == full_grads.keys() and ("lm_head.weight" in grads) is not tied  # tied: one parameter
+    for name, g in full_grads.items():
+        assert (grads[name] - g).abs().max().item() <= 1e-5 * max(1.0, g.abs().max().item()), name
+
+
+def test_models_that_transform_their_logits_use_full_logits(setup):
+    from transformers import AutoModelForCausalLM
+
+    from s3ft.train.loss import chunkable
+
+    model = AutoModelForCausalLM.from_pretrained(setup[3], dtype=torch.float32)
+    model.config.final_logit_softcapping = 30.0
+    assert not chunkable(model)

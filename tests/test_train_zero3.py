@@ -26,8 +26,9 @@ from s3ft.train.loop import CRASH_ENV
 
 pytestmark = pytest.mark.slow
 
-BASE = dict(max_steps=6, lr=3e-3, warmup_ratio=0.2, micro_batch_tokens=160, max_seq_len=32, save_every=2,
-            keep_last=2, eval_fraction=0.1, export_dtype="float32", report_to=["jsonl"], seed=3)
+BASE = {"max_steps": 6, "lr": 3e-3, "warmup_ratio": 0.2, "micro_batch_tokens": 160, "max_seq_len": 32,
+        "save_every": 2, "keep_last": 2, "eval_fraction": 0.1, "export_dtype": "float32", "report_to": ["jsonl"],
+        "seed": 3}
 
 
 def addition_rows(n: int, seed: int = 0) -> list[dict]:
@@ -152,7 +153,7 @@ def test_step_one_equals_a_plain_pytorch_step(runs):
 
     from s3ft.train.batching import collate, plan_steps
     from s3ft.train.loop import _dropout_seed
-    from s3ft.train.model import nll_sum
+    from s3ft.train.loss import nll_sum
     from s3ft.train.tokenize import TokenizedSet
 
     run = runs["two_ranks"]
@@ -218,6 +219,75 @@ def test_model_is_partitioned_across_ranks_when_loaded(tmp_path):
         assert a["part"].numel() == b["part"].numel() == -(-weight.numel() // 2)  # each holds half
         halves = torch.cat([a["part"], b["part"]])[: weight.numel()]
         assert torch.equal(halves, weight.detach().reshape(-1)), name  # together they are exactly the weight
+
+
+CHUNKED_LOSS_SCRIPT = textwrap.dedent("""
+    import os, sys
+    import deepspeed, torch
+    from deepspeed.utils import safe_get_full_grad
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from s3ft.train.batching import collate
+    from s3ft.train.config import TrainConfig
+    from s3ft.train.dsconfig import resolve_deepspeed_config
+    from s3ft.train.loss import full_logits_nll, nll_sum
+    from s3ft.train.model import load_model
+    from s3ft.train.tokenize import TokenizedSet
+
+    model_path, data_path, out = sys.argv[1:4]
+    deepspeed.init_distributed(dist_backend="gloo")
+    rank = int(os.environ["RANK"])
+    data = TokenizedSet.load(data_path)
+    mbs = [((0, 1), (2,)), ((3,), (4, 5))]
+    batches = [collate(data, mb, pad_id=0) for mb in mbs]
+    plain = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)  # whole, before ZeRO-3 init
+    ref_losses = []
+    for b in batches:
+        loss = full_logits_nll(plain, b)
+        loss.backward()  # grads summed over both micro batches; DeepSpeed averages over the ranks
+        ref_losses.append(loss.item())
+    cfg = TrainConfig(deepspeed="zero3", gradient_checkpointing=False)
+    ds = resolve_deepspeed_config(cfg, world_size=2, bf16=False, hidden_size=128)
+    model, handle = load_model(model_path, cfg, ds, torch.float32)
+    assert model.lm_head.weight.numel() == 0  # partitioned: the loss must gather it through the module
+    opt = torch.optim.AdamW(model.parameters(), lr=0.0)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=ds)
+    loss = nll_sum(engine, batches[rank], chunk_logits=5 * model.config.vocab_size)
+    engine.backward(loss)
+    grads = {n: safe_get_full_grad(p) for n, p in engine.module.named_parameters()}
+    ref = {n: p.grad / 2 for n, p in plain.named_parameters()}
+    torch.save({"loss": loss.item(), "ref_loss": ref_losses[rank],
+                "diff": {n: (grads[n] - ref[n]).abs().max().item() for n in ref},
+                "scale": {n: ref[n].abs().max().item() for n in ref}}, os.path.join(out, f"rank{rank}.pt"))
+    torch.distributed.destroy_process_group()
+""")
+
+
+def test_chunked_loss_under_zero3_equals_full_logits(tmp_path):
+    """2 gloo ranks, ZeRO-3 (lm_head partitioned): loss and every gathered gradient equal full-logits PyTorch."""
+    import torch
+
+    from s3ft.models.tiny import build_tiny_model
+    from s3ft.train.tokenize import tokenize_rows
+
+    base = build_tiny_model(tmp_path / "base")
+    merged = new_run(tmp_path, "run", addition_rows(6)) / "data" / "merged.jsonl"
+    from transformers import AutoTokenizer
+
+    data, _ = tokenize_rows(AutoTokenizer.from_pretrained(base), merged, max_seq_len=32, truncation="error")
+    data.save(tmp_path / "rows.npz")
+    script = tmp_path / "chunked.py"
+    script.write_text(CHUNKED_LOSS_SCRIPT)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script), str(base),
+           str(tmp_path / "rows.npz"), str(tmp_path)]
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for r in (0, 1):
+        out = torch.load(tmp_path / f"rank{r}.pt")
+        assert out["loss"] == pytest.approx(out["ref_loss"], rel=1e-6)
+        assert "lm_head.weight" in out["diff"] and len(out["diff"]) == 21
+        for name, diff in out["diff"].items():
+            assert diff <= 1e-5 * max(1.0, out["scale"][name]), name
 
 
 class DirEngine:

@@ -54,7 +54,7 @@ def launch_torchrun(spec: WorkerSpec, cfg: TrainConfig) -> None:
            "-m", "s3ft.train", "--worker-spec", str(spec_file)]
     env = {k: v for k, v in os.environ.items() if k not in RANK_ENV}
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // cfg.num_workers)))
-    code = subprocess.run(cmd, env=env).returncode
+    code = subprocess.run(cmd, check=False, env=env).returncode
     if code != 0:
         raise training_failed(spec, f"torchrun exited with code {code} (the failing rank's error is above)")
 

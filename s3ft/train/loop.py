@@ -58,7 +58,7 @@ def run_worker(spec: WorkerSpec) -> None:
 
     cfg, run_dir = spec.cfg, Path(spec.run_dir)
     if spec.use_gpu:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     owns_group = not torch.distributed.is_initialized()  # Ray Train sets the group up itself
     deepspeed.init_distributed(dist_backend="nccl" if spec.use_gpu else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -92,7 +92,7 @@ def _train(spec: WorkerSpec, cfg: TrainConfig, run_dir: Path, rank: int, world: 
     from transformers import AutoTokenizer
 
     from s3ft.train import metrics
-    from s3ft.train.model import nll_sum
+    from s3ft.train.loss import nll_sum
 
     train_file, eval_file = data_files(run_dir)
     data = TokenizedSet.load(train_file)
@@ -221,7 +221,7 @@ def _evaluate(engine, data: TokenizedSet, cfg: TrainConfig, rank: int, world: in
     import deepspeed.comm as dist
 
     from s3ft.train.batching import epoch_micro_batches
-    from s3ft.train.model import nll_sum
+    from s3ft.train.loss import nll_sum
 
     mbs = epoch_micro_batches(data, 0, cfg.seed, cfg.micro_batch_tokens, cfg.packing)
     mbs += [()] * (-len(mbs) % world)
