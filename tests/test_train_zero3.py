@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow
 
 BASE = {"max_steps": 6, "lr": 3e-3, "warmup_ratio": 0.2, "micro_batch_tokens": 160, "max_seq_len": 32,
         "save_every": 2, "keep_last": 2, "eval_fraction": 0.1, "export_dtype": "float32", "report_to": ["jsonl"],
-        "seed": 3}
+        "seed": 3, "peak_tflops": 1.0}
 
 
 def addition_rows(n: int, seed: int = 0) -> list[dict]:
@@ -146,6 +146,27 @@ def test_eval_loss_is_logged_at_checkpoints(runs):
     assert evals[-1]["loss"] < evals[0]["loss"]
 
 
+def test_mfu_is_the_hand_counted_flops_over_the_synchronised_step_time(runs):
+    """The tiny Llama (hidden 128, 2 layers, MLP 256, vocab 104): 6 FLOPs per body weight per token, 6 per head
+    weight per target token, causal attention per row; the embedding counts nothing."""
+    from s3ft.train.tokenize import TokenizedSet
+
+    run = runs["one_rank"]
+    data = TokenizedSet.load(run / "train" / "train_rows.npz")
+    length = dict(zip(data.ids, data.lengths().tolist()))
+    target = dict(zip(data.ids, (data.lengths() - np.maximum(data.prompt_lens, 1)).tolist()))
+    body = 2 * (4 * 128 * 128 + 3 * 128 * 256 + 2 * 128) + 128
+    logged = [m for m in jsonl(run / "logs" / "metrics.jsonl") if m["split"] == "train"]
+    steps = jsonl(run / "logs" / "rows.jsonl")
+    assert len(logged) == len(steps) == 6
+    for m, step in zip(logged, steps):
+        lens = [length[i] for i in step["ids"]]
+        tokens, targets = sum(lens), sum(target[i] for i in step["ids"])
+        flops = 6 * body * tokens + 6 * 104 * 128 * targets + 6 * 2 * 128 * sum(n * n for n in lens)
+        assert (m["tokens"], m["target_tokens"]) == (tokens, targets)
+        assert m["mfu"] == pytest.approx(flops / m["step_time"] / 1e12, rel=1e-9)
+
+
 def test_step_one_equals_a_plain_pytorch_step(runs):
     """DeepSpeed's step-1 loss and gradient norm equal plain PyTorch on the same micro batches and dropout."""
     import torch
@@ -237,13 +258,14 @@ CHUNKED_LOSS_SCRIPT = textwrap.dedent("""
     deepspeed.init_distributed(dist_backend="gloo")
     rank = int(os.environ["RANK"])
     data = TokenizedSet.load(data_path)
-    mbs = [((0, 1), (2,)), ((3,), (4, 5))]
+    mbs = [((0, 1), (2, 4)), ()]  # rank 1 has a dummy: no label, yet the same collectives
     batches = [collate(data, mb, pad_id=0) for mb in mbs]
     plain = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)  # whole, before ZeRO-3 init
     ref_losses = []
     for b in batches:
         loss = full_logits_nll(plain, b)
-        loss.backward()  # grads summed over both micro batches; DeepSpeed averages over the ranks
+        if loss.requires_grad:
+            loss.backward()  # grads summed over both micro batches
         ref_losses.append(loss.item())
     cfg = TrainConfig(deepspeed="zero3", gradient_checkpointing=False)
     ds = resolve_deepspeed_config(cfg, world_size=2, bf16=False, hidden_size=128)
@@ -254,7 +276,7 @@ CHUNKED_LOSS_SCRIPT = textwrap.dedent("""
     loss = nll_sum(engine, batches[rank], chunk_logits=5 * model.config.vocab_size)
     engine.backward(loss)
     grads = {n: safe_get_full_grad(p) for n, p in engine.module.named_parameters()}
-    ref = {n: p.grad / 2 for n, p in plain.named_parameters()}
+    ref = {n: p.grad / 2 for n, p in plain.named_parameters()}  # DeepSpeed averages over the ranks
     torch.save({"loss": loss.item(), "ref_loss": ref_losses[rank],
                 "diff": {n: (grads[n] - ref[n]).abs().max().item() for n in ref},
                 "scale": {n: ref[n].abs().max().item() for n in ref}}, os.path.join(out, f"rank{rank}.pt"))
@@ -263,7 +285,8 @@ CHUNKED_LOSS_SCRIPT = textwrap.dedent("""
 
 
 def test_chunked_loss_under_zero3_equals_full_logits(tmp_path):
-    """2 gloo ranks, ZeRO-3 (lm_head partitioned): loss and every gathered gradient equal full-logits PyTorch."""
+    """2 gloo ranks, ZeRO-3 (lm_head partitioned), one with a dummy micro batch: loss and every gathered gradient
+    equal full-logits PyTorch."""
     import torch
 
     from s3ft.models.tiny import build_tiny_model

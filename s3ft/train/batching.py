@@ -8,8 +8,8 @@ A micro batch is a few sequences padded to the longest one, at most `micro_batch
 all (padding counts). With packing, a sequence holds several whole rows (first-fit, up to the
 longest row's length) and position ids restart at every row, which makes transformers' sdpa, eager
 and flex paths keep attention inside each row (a block-diagonal mask per sequence); without it, a
-sequence is one row. Flash-attention kernels only split at restarting positions in a batch of one
-sequence, so for them a micro batch is `flatten`ed into one. Padding goes at the end of a sequence
+sequence is one row. Flash-attention kernels only split rows in a batch of one sequence, so for them a
+micro batch is `flatten`ed into one, and its rows' boundaries go to the model with it. Padding goes at the end of a sequence
 and its positions continue, so causal attention never lets a real token see it, no attention mask is
 needed, and a position 0 always starts a row. Steps whose last micro batches run out of rows get
 empty ("dummy") micro batches: one token, no loss, so every rank still runs the same forwards.
@@ -170,9 +170,22 @@ def collate(data: TokenizedSet, mb: MicroBatch, *, pad_id: int) -> dict:
 
 
 def flatten(batch: dict) -> dict:
-    """The micro batch's sequences back to back as one (1, B*L) sequence, for flash-attention kernels: they
-    run varlen attention, split where position ids restart at 0 (every row), only when the batch is one sequence."""
-    return {k: v.reshape(1, -1) for k, v in batch.items()}
+    """The micro batch's sequences back to back as one (1, B*L) sequence, with its rows' boundaries, for
+    flash-attention kernels: they run varlen attention over one sequence only, and with `cu_seq_lens_q/k`
+    and `max_length_q/k` given no attention layer derives the boundaries again (a host sync per layer,
+    forward and recompute). The boundaries are computed here, on the CPU, where the batch is built.
+
+    >>> b = flatten({"input_ids": torch.zeros(2, 3), "position_ids": torch.tensor([[0, 1, 0], [0, 1, 2]])})
+    >>> b["cu_seq_lens_q"].tolist(), b["max_length_q"]
+    ([0, 2, 3, 6], 3)
+    """
+    flat = {k: v.reshape(1, -1) for k, v in batch.items()}
+    positions = flat["position_ids"][0]
+    starts = torch.nonzero(positions == 0).flatten()  # every row starts at position 0; padding continues the last
+    cu_seq_lens = torch.cat([starts, torch.tensor([positions.numel()])]).to(torch.int32)
+    max_length = int(cu_seq_lens.diff().max())
+    return {**flat, "cu_seq_lens_q": cu_seq_lens, "cu_seq_lens_k": cu_seq_lens, "max_length_q": max_length,
+            "max_length_k": max_length}
 
 
 def _shifted_labels(seq: torch.Tensor, prompt_len: int) -> torch.Tensor:

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from s3ft.train import checkpoint
-from s3ft.train.batching import Step, collate, flatten, plan_fingerprint, plan_steps
+from s3ft.train.batching import IGNORE, Step, collate, flatten, plan_fingerprint, plan_steps
 from s3ft.train.config import TrainConfig, is_flash_attention
 from s3ft.train.tokenize import TokenizedSet
 
@@ -87,12 +87,44 @@ def _forget_deepspeed_groups() -> None:
             getattr(groups, name).clear()
 
 
+@dataclass
+class Session:
+    """What the phases of a rank's run share: settings, data, plan, engine, and where it starts."""
+
+    spec: WorkerSpec
+    cfg: TrainConfig
+    run_dir: Path
+    rank: int
+    world: int
+    device: torch.device
+    data: TokenizedSet
+    eval_data: TokenizedSet | None
+    steps: list[Step]
+    tokenizer: Any
+    pad_id: int
+    engine: Any
+    scheduler: Any
+    zero3_handle: Any
+    flops: Any  # metrics.FlopCounts
+    start: int  # steps already done (resume)
+    meta: dict[str, Any]
+
+
 def _train(spec: WorkerSpec, cfg: TrainConfig, run_dir: Path, rank: int, world: int, device: torch.device) -> None:
-    import deepspeed.comm as dist
+    """setup → train → export → cleanup."""
+    session = _setup(spec, cfg, run_dir, rank, world, device)
+    _run_steps(session)
+    _export(session.engine, spec, cfg, session.tokenizer, run_dir, rank)
+    del session.zero3_handle
+    session.engine.destroy()
+
+
+def _setup(spec: WorkerSpec, cfg: TrainConfig, run_dir: Path, rank: int, world: int, device: torch.device) -> Session:
+    """The prepared rows, the plan, the tokenizer, the engine, and the checkpoint to continue from."""
     from transformers import AutoTokenizer
 
     from s3ft.train import metrics
-    from s3ft.train.loss import nll_sum
+    from s3ft.train.model import count_parameters
 
     train_file, eval_file = data_files(run_dir)
     data = TokenizedSet.load(train_file)
@@ -102,83 +134,95 @@ def _train(spec: WorkerSpec, cfg: TrainConfig, run_dir: Path, rank: int, world: 
     fingerprint = plan_fingerprint(steps, data)
     tokenizer = AutoTokenizer.from_pretrained(spec.model_path)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
-    engine, scheduler, zero3_handle, n_params = _build_engine(spec, cfg, world, len(steps))
-
-    ckpt_root, start = run_dir / "checkpoints", 0
-    found = checkpoint.latest(ckpt_root) if cfg.resume else None
+    engine, scheduler, zero3_handle = _build_engine(spec, cfg, world, len(steps))
+    start = 0
+    found = checkpoint.latest(run_dir / "checkpoints") if cfg.resume else None
     if found is not None:
         start, path, meta = found
         checkpoint.check_resumable(meta, world_size=world, fingerprint=fingerprint, path=path)
         checkpoint.load(engine, path, rank=rank)
-    meta = {"world_size": world, "plan": fingerprint, "total_steps": len(steps)}
-
-    reporter = metrics.Reporter(run_dir / "logs", enabled=rank == 0, cfg=cfg, total_steps=len(steps),
-                                start_step=start)
-    mcfg = engine.module.config
-    attn_dim = getattr(mcfg, "num_attention_heads", 0) * getattr(mcfg, "head_dim", 0) or getattr(mcfg, "hidden_size", 0)
-    peak = metrics.peak_tflops(cfg.peak_tflops, spec.use_gpu)
-    crash_at = int(os.environ.get(CRASH_ENV, "0"))
-    lengths = data.lengths()
+    flops = metrics.flop_counts(engine.module)
     if rank == 0:
+        n_params = count_parameters(engine.module)
         print(f"train: {len(data)} rows ({len(eval_data) if eval_data else 0} held out), {len(steps)} steps from "
               f"step {start}, {world} rank(s), {'packed' if cfg.packing else 'padded'} micro batches of "
               f"<= {cfg.micro_batch_tokens} tokens, {n_params / 1e6:.1f}M parameters", flush=True)
-    engine.train()
+    return Session(spec, cfg, run_dir, rank, world, device, data, eval_data, steps, tokenizer, pad_id, engine,
+                   scheduler, zero3_handle, flops, start,
+                   {"world_size": world, "plan": fingerprint, "total_steps": len(steps)})
+
+
+def _run_steps(s: Session) -> None:
+    """Every remaining step: micro batches, the logged metrics, evals and checkpoints."""
+    from s3ft.train import metrics
+
+    cfg, total = s.cfg, len(s.steps)
+    reporter = metrics.Reporter(s.run_dir / "logs", enabled=s.rank == 0, cfg=cfg, total_steps=total,
+                                start_step=s.start)
+    peak = metrics.peak_tflops(cfg.peak_tflops, s.spec.use_gpu)
+    crash_at = int(os.environ.get(CRASH_ENV, "0"))
+    s.engine.train()
     try:
-        for index in range(start, len(steps)):
-            step, number = steps[index], index + 1
-            t0 = time.perf_counter()
-            lr = scheduler.get_last_lr()[0]
-            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-            for k, mb in enumerate(step.for_rank(rank, world)):
-                torch.manual_seed(_dropout_seed(cfg.seed, number, rank + k * world))
-                batch = micro_batch_tensors(data, mb, cfg, pad_id, device)
-                nll = nll_sum(engine, batch)
-                loss_sum += nll.detach().double()
-                engine.backward(nll * (world * cfg.grad_accum) / step.target_tokens)
-                engine.step()
-            dist.all_reduce(loss_sum)
-            elapsed = time.perf_counter() - t0
-            row_lens = lengths[step.rows()]
-            tokens = int(row_lens.sum())
-            values = {"loss": loss_sum.item() / step.target_tokens, "lr": lr,
-                      "grad_norm": _float(engine.get_global_grad_norm()),
-                      "tokens_per_s": tokens / elapsed, "tokens": tokens, "target_tokens": step.target_tokens,
-                      "step_time": elapsed, "epoch": step.epoch}
-            if peak:
-                flops = metrics.train_flops(n_params, tokens, int((row_lens.astype("int64") ** 2).sum()),
-                                            getattr(mcfg, "num_hidden_layers", 0), attn_dim)
-                values["mfu"] = flops / elapsed / (peak * 1e12 * world)
-            logged = number % cfg.log_every == 0 or number == len(steps)
-            reporter.step(number, values if logged else None, [data.ids[i] for i in step.rows()])
-            saving = bool(cfg.save_every) and (number % cfg.save_every == 0 or number == len(steps))
-            evaluating = number == len(steps) or saving or (cfg.eval_every and number % cfg.eval_every == 0)
-            if eval_data is not None and evaluating:
-                reporter.eval(number, _evaluate(engine, eval_data, cfg, rank, world, pad_id, device))
+        for index in range(s.start, total):
+            step, number = s.steps[index], index + 1
+            values = _train_step(s, step, number, peak)
+            logged = number % cfg.log_every == 0 or number == total
+            reporter.step(number, values if logged else None, [s.data.ids[i] for i in step.rows()])
+            saving = bool(cfg.save_every) and (number % cfg.save_every == 0 or number == total)
+            evaluating = number == total or saving or (cfg.eval_every and number % cfg.eval_every == 0)
+            if s.eval_data is not None and evaluating:
+                reporter.eval(number, _evaluate(s.engine, s.eval_data, cfg, s.rank, s.world, s.pad_id, s.device))
             if saving:
-                checkpoint.save(engine, ckpt_root, number, meta, rank=rank, keep_last=cfg.keep_last)
+                checkpoint.save(s.engine, s.run_dir / "checkpoints", number, s.meta, rank=s.rank,
+                                keep_last=cfg.keep_last)
             if crash_at == number:
                 os._exit(17)
     finally:
         reporter.close()
 
-    _export(engine, spec, cfg, tokenizer, run_dir, rank)
-    del zero3_handle
-    engine.destroy()
+
+def _train_step(s: Session, step: Step, number: int, peak: float | None) -> dict[str, Any]:
+    """One optimizer step on this rank's micro batches; returns the step's metrics (the same on every rank)."""
+    import deepspeed.comm as dist
+
+    from s3ft.train.loss import nll_sum
+
+    cfg, world = s.cfg, s.world
+    t0 = time.perf_counter()
+    lr = s.scheduler.get_last_lr()[0]
+    loss_sum = torch.zeros((), dtype=torch.float64, device=s.device)
+    for k, mb in enumerate(step.for_rank(s.rank, world)):
+        torch.manual_seed(_dropout_seed(cfg.seed, number, s.rank + k * world))
+        batch = micro_batch_tensors(s.data, mb, cfg, s.pad_id, s.device)
+        nll = nll_sum(s.engine, batch)
+        loss_sum += nll.detach().double()
+        s.engine.backward(nll * (world * cfg.grad_accum) / step.target_tokens)
+        s.engine.step()
+    dist.all_reduce(loss_sum)
+    if s.device.type == "cuda":
+        torch.cuda.synchronize(s.device)  # kernels run ahead of the host: time the work, not its launch
+    elapsed = time.perf_counter() - t0
+    row_lens = s.data.lengths()[step.rows()].astype("int64")
+    tokens = int(row_lens.sum())
+    values = {"loss": loss_sum.item() / step.target_tokens, "lr": lr,
+              "grad_norm": _float(s.engine.get_global_grad_norm()), "tokens_per_s": tokens / elapsed,
+              "tokens": tokens, "target_tokens": step.target_tokens, "step_time": elapsed, "epoch": step.epoch}
+    if peak:
+        flops = s.flops.step(tokens, step.target_tokens, int((row_lens**2).sum()))
+        values["mfu"] = flops / elapsed / (peak * 1e12 * world)
+    return values
 
 
 def _build_engine(spec: WorkerSpec, cfg: TrainConfig, world: int, total_steps: int):
-    """(engine, lr scheduler, ZeRO-3 handle to keep alive, parameter count): model, AdamW, cosine schedule."""
+    """(engine, lr scheduler, ZeRO-3 handle to keep alive): model, AdamW, cosine schedule."""
     import deepspeed
 
     from s3ft.train.dsconfig import resolve_deepspeed_config
-    from s3ft.train.model import build_optimizer, count_parameters, load_model, lr_lambda, param_groups
+    from s3ft.train.model import build_optimizer, load_model, lr_lambda, param_groups
 
     ds_config = resolve_deepspeed_config(cfg, world_size=world, bf16=spec.bf16, hidden_size=spec.hidden_size)
     torch.manual_seed(cfg.seed)
     model, zero3_handle = load_model(spec.model_path, cfg, ds_config, torch.bfloat16 if spec.bf16 else torch.float32)
-    n_params = count_parameters(model)
     groups = param_groups(model, cfg.weight_decay)
     optimizer = None if "optimizer" in ds_config else build_optimizer(groups, cfg, spec.use_gpu)
     schedule = lr_lambda(total_steps, cfg.warmup_ratio, cfg.min_lr_ratio)
@@ -186,7 +230,7 @@ def _build_engine(spec: WorkerSpec, cfg: TrainConfig, world: int, total_steps: i
         model=model, optimizer=optimizer, model_parameters=groups if optimizer is None else None,
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule), config=ds_config,
     )
-    return engine, scheduler, zero3_handle, n_params
+    return engine, scheduler, zero3_handle
 
 
 def _export(engine, spec: WorkerSpec, cfg: TrainConfig, tokenizer, run_dir: Path, rank: int) -> None:
@@ -231,7 +275,7 @@ def _evaluate(engine, data: TokenizedSet, cfg: TrainConfig, rank: int, world: in
         for mb in mbs[rank::world]:
             batch = micro_batch_tensors(data, mb, cfg, pad_id, device)
             totals[0] += nll_sum(engine, batch).double()
-            totals[1] += int((batch["labels"] != -100).sum())
+            totals[1] += batch["labelled"].numel()
     engine.train()
     dist.all_reduce(totals)
     loss = (totals[0] / totals[1].clamp(min=1)).item()
@@ -239,9 +283,12 @@ def _evaluate(engine, data: TokenizedSet, cfg: TrainConfig, rank: int, world: in
 
 
 def micro_batch_tensors(data: TokenizedSet, mb, cfg: TrainConfig, pad_id: int, device: torch.device) -> dict:
-    """The collated micro batch on `device`, as one sequence for flash-attention kernels (see `flatten`)."""
+    """The collated micro batch on `device`, as one sequence for flash-attention kernels (see `flatten`), with the
+    flat indices of its labelled positions (found here on the CPU, so the loss needs no host sync)."""
     batch = collate(data, mb, pad_id=pad_id)
-    return _to(flatten(batch) if is_flash_attention(cfg.attn_implementation) else batch, device)
+    batch = flatten(batch) if is_flash_attention(cfg.attn_implementation) else batch
+    batch["labelled"] = torch.nonzero(batch["labels"].reshape(-1) != IGNORE).flatten()
+    return _to(batch, device)
 
 
 def _dropout_seed(seed: int, step: int, micro_batch: int) -> int:
@@ -250,7 +297,8 @@ def _dropout_seed(seed: int, step: int, micro_batch: int) -> int:
 
 
 def _to(batch: dict, device: torch.device) -> dict:
-    return {k: (v.to(device, non_blocking=True) if v is not None else None) for k, v in batch.items()}
+    """Tensors to `device` (no host sync); plain values (flash's max lengths) stay Python ints."""
+    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 
 def _float(x) -> float | None:
