@@ -141,7 +141,7 @@ def hf_worker(work: Path, args: argparse.Namespace) -> None:
 
     from s3ft.train.tokenize import TokenizedSet
 
-    data = TokenizedSet.load(work / "ours" / "train" / "train_rows.npz")
+    data = TokenizedSet.load(work / "ours" / "train" / "train_rows")
     features = []
     for i in range(len(data)):
         ids = data.row(i).astype(np.int64).tolist()
@@ -171,7 +171,7 @@ def trl_worker(work: Path, args: argparse.Namespace) -> None:
     dataset = Dataset.from_list([
         {"prompt": r["messages"], "completion": [{"role": "assistant", "content": r["target"]}]} for r in rows
     ])
-    longest = int(TokenizedSet.load(work / "ours" / "train" / "train_rows.npz").lengths().max())
+    longest = int(TokenizedSet.load(work / "ours" / "train" / "train_rows").lengths().max())
     seq_len = min(args.micro_batch_tokens, longest)  # s3ft's packed sequence length
     batch = max(1, args.micro_batch_tokens // seq_len)
     targs, model, meter = baseline_setup(work, SFTConfig, "trl", batch, packing=True, packing_strategy="bfd",

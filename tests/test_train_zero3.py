@@ -152,7 +152,7 @@ def test_mfu_is_the_hand_counted_flops_over_the_synchronised_step_time(runs):
     from s3ft.train.tokenize import TokenizedSet
 
     run = runs["one_rank"]
-    data = TokenizedSet.load(run / "train" / "train_rows.npz")
+    data = TokenizedSet.load(run / "train" / "train_rows")
     length = dict(zip(data.ids, data.lengths().tolist()))
     target = dict(zip(data.ids, (data.lengths() - np.maximum(data.prompt_lens, 1)).tolist()))
     body = 2 * (4 * 128 * 128 + 3 * 128 * 256 + 2 * 128) + 128
@@ -178,7 +178,7 @@ def test_step_one_equals_a_plain_pytorch_step(runs):
     from s3ft.train.tokenize import TokenizedSet
 
     run = runs["two_ranks"]
-    data = TokenizedSet.load(run / "train" / "train_rows.npz")
+    data = TokenizedSet.load(run / "train" / "train_rows")
     step = plan_steps(data, world_size=2, grad_accum=1, budget=BASE["micro_batch_tokens"], packing=True,
                       seed=BASE["seed"], epochs=3, max_steps=BASE["max_steps"])[0]
     assert [data.ids[i] for i in step.rows()] == jsonl(run / "logs" / "rows.jsonl")[0]["ids"]
@@ -297,11 +297,11 @@ def test_chunked_loss_under_zero3_equals_full_logits(tmp_path):
     from transformers import AutoTokenizer
 
     data, _ = tokenize_rows(AutoTokenizer.from_pretrained(base), merged, max_seq_len=32, truncation="error")
-    data.save(tmp_path / "rows.npz")
+    data.save(tmp_path / "rows")
     script = tmp_path / "chunked.py"
     script.write_text(CHUNKED_LOSS_SCRIPT)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script), str(base),
-           str(tmp_path / "rows.npz"), str(tmp_path)]
+           str(tmp_path / "rows"), str(tmp_path)]
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -326,19 +326,15 @@ class DirEngine:
 @pytest.fixture
 def one_rank_group(monkeypatch):
     """A one-rank gloo group in this process (the checkpoint functions synchronise ranks), torn down after."""
-    import deepspeed
-    import torch
-
+    from s3ft.train import groups
     from s3ft.train.launch import free_port
-    from s3ft.train.loop import _forget_deepspeed_groups
 
     for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
                        "MASTER_PORT": str(free_port())}.items():
         monkeypatch.setenv(key, value)
-    deepspeed.init_distributed(dist_backend="gloo")
+    groups.start(use_gpu=False, timeout_s=600)
     yield
-    torch.distributed.destroy_process_group()
-    _forget_deepspeed_groups()
+    groups.stop()
 
 
 def test_rng_state_is_restored_from_a_checkpoint(tmp_path, one_rank_group):

@@ -50,20 +50,31 @@ class Step:
 
 
 def pack(lengths: np.ndarray, order: np.ndarray, capacity: int) -> list[list[int]]:
-    """First-fit packing of rows (in `order`) into sequences of at most `capacity` tokens."""
+    """First-fit packing of rows (in `order`) into sequences of at most `capacity` tokens, looking back over
+    the last OPEN_BINS sequences only (linear time; a million rows plan in about a second).
+
+    >>> pack(np.array([5, 4, 3, 2]), np.arange(4), capacity=7)
+    [[0, 3], [1, 2]]
+    """
+    sizes = lengths.tolist()
     bins: list[list[int]] = []
     room: list[int] = []
     first_open = 0
+    bound = 0  # at least the most room left in an open sequence: rows larger than it skip the scan
     for i in order.tolist():
-        n = int(lengths[i])
-        for b in range(first_open, len(bins)):
-            if room[b] >= n:
+        n = sizes[i]
+        if bound >= n:
+            b = first_open
+            while b < len(room) and room[b] < n:
+                b += 1
+            if b < len(room):
                 bins[b].append(i)
                 room[b] -= n
-                break
-        else:
-            bins.append([i])
-            room.append(capacity - n)
+                continue
+            bound = max(room[first_open:])  # the bound was stale: make it exact, then open a sequence
+        bins.append([i])
+        room.append(capacity - n)
+        bound = max(bound, capacity - n)
         first_open = max(first_open, len(bins) - OPEN_BINS)
     return bins
 
@@ -89,9 +100,12 @@ def epoch_micro_batches(data: TokenizedSet, epoch: int, seed: int, budget: int, 
     order = np.random.default_rng([seed, epoch]).permutation(len(data))
     if packing:
         seqs = pack(lengths, order, capacity=min(budget, int(lengths.max())))
+        starts = np.cumsum([0] + [len(s) for s in seqs[:-1]])
+        seq_lens = np.add.reduceat(lengths[np.concatenate(seqs)], starts).tolist()
     else:
         seqs = [[i] for i in order.tolist()]
-    return group(seqs, [int(lengths[s].sum()) for s in seqs], budget)
+        seq_lens = lengths[order].tolist()
+    return group(seqs, seq_lens, budget)
 
 
 def packed(rows) -> MicroBatch:

@@ -67,7 +67,7 @@ def launch_ray(spec: WorkerSpec, cfg: TrainConfig) -> None:
         _ray_worker,
         train_loop_config={"spec": spec.to_dict()},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=spec.use_gpu),
-        torch_config=TorchConfig(backend="nccl" if spec.use_gpu else "gloo"),
+        torch_config=TorchConfig(backend="nccl" if spec.use_gpu else "gloo", timeout_s=cfg.collective_timeout_s),
         run_config=RunConfig(name="train", storage_path=str(Path(spec.run_dir) / "ray")),
     )
     try:

@@ -47,44 +47,36 @@ class WorkerSpec:
 
 
 def data_files(run_dir: Path) -> tuple[Path, Path]:
-    return run_dir / "train" / "train_rows.npz", run_dir / "train" / "eval_rows.npz"
+    return run_dir / "train" / "train_rows", run_dir / "train" / "eval_rows"
 
 
 def run_worker(spec: WorkerSpec) -> None:
-    import deepspeed
     import deepspeed.comm as dist
+
+    from s3ft.train import groups
 
     warnings.filterwarnings("ignore", message=r".*torch\.distributed\.\w+` is deprecated", category=FutureWarning)
 
     cfg, run_dir = spec.cfg, Path(spec.run_dir)
-    if spec.use_gpu:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    owns_group = not torch.distributed.is_initialized()  # Ray Train sets the group up itself
-    deepspeed.init_distributed(dist_backend="nccl" if spec.use_gpu else "gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
-    dist.barrier()  # under torchrun, rank 0 wrote the tokenized rows just before
-    device = torch.device("cuda", torch.cuda.current_device()) if spec.use_gpu else torch.device("cpu")
+    groups.start(spec.use_gpu, cfg.collective_timeout_s)
     try:
+        check_device(spec)
+        rank, world = dist.get_rank(), dist.get_world_size()
+        dist.barrier()  # the rows were written just before (by the driver, or local rank 0 under torchrun)
+        device = torch.device("cuda", torch.cuda.current_device()) if spec.use_gpu else torch.device("cpu")
         _train(spec, cfg, run_dir, rank, world, device)
     finally:
-        if owns_group:
-            torch.distributed.destroy_process_group()
-            _forget_deepspeed_groups()
+        groups.release()
 
 
-def _forget_deepspeed_groups() -> None:
-    """DeepSpeed caches sub-groups of the world group; drop them with it so a later run in this process
-    (local launcher, notebooks, tests) builds fresh ones instead of using destroyed ones."""
-    from deepspeed.utils import groups
+def check_device(spec: WorkerSpec) -> None:
+    """bf16 needs a GPU that has it: checked here too, for drivers (Ray) that see no GPU themselves."""
+    if spec.bf16 and spec.use_gpu and not torch.cuda.is_bf16_supported(including_emulation=False):
+        from s3ft.errors import ConfigError
 
-    for name in ("_WORLD_GROUP", "_ZERO_PARAM_INTRA_PARALLEL_GROUP", "_TENSOR_MODEL_PARALLEL_GROUP",
-                 "_MODEL_PARALLEL_GROUP", "_DATA_PARALLEL_GROUP"):
-        if hasattr(groups, name):
-            setattr(groups, name, None)
-    for name in ("_EXPERT_PARALLEL_GROUP", "_EXPERT_PARALLEL_GROUP_RANKS", "_EXPERT_DATA_PARALLEL_GROUP",
-                 "_EXPERT_DATA_PARALLEL_GROUP_RANKS", "_ALL_TO_ALL_GROUP"):
-        if isinstance(getattr(groups, name, None), dict):
-            getattr(groups, name).clear()
+        raise ConfigError(f"train.bf16 is on, but this GPU ({torch.cuda.get_device_name()}) has no bf16 support "
+                          "(it needs compute capability 8.0: A100, H100, L4 ...); set train.bf16: false to train in "
+                          "fp32")
 
 
 @dataclass
@@ -123,18 +115,19 @@ def _setup(spec: WorkerSpec, cfg: TrainConfig, run_dir: Path, rank: int, world: 
     """The prepared rows, the plan, the tokenizer, the engine, and the checkpoint to continue from."""
     from transformers import AutoTokenizer
 
-    from s3ft.train import metrics
+    from s3ft.train import groups, metrics
     from s3ft.train.model import count_parameters
 
     train_file, eval_file = data_files(run_dir)
     data = TokenizedSet.load(train_file)
-    eval_data = TokenizedSet.load(eval_file) if eval_file.is_file() else None
+    eval_data = TokenizedSet.load(eval_file) if eval_file.is_dir() else None
     steps = plan_steps(data, world_size=world, grad_accum=cfg.grad_accum, budget=cfg.micro_batch_tokens,
                        packing=cfg.packing, seed=cfg.seed, epochs=cfg.epochs, max_steps=cfg.max_steps)
     fingerprint = plan_fingerprint(steps, data)
     tokenizer = AutoTokenizer.from_pretrained(spec.model_path)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     engine, scheduler, zero3_handle = _build_engine(spec, cfg, world, len(steps))
+    n_groups = groups.apply_timeout(cfg.collective_timeout_s)  # DeepSpeed's own groups too
     start = 0
     found = checkpoint.latest(run_dir / "checkpoints") if cfg.resume else None
     if found is not None:
@@ -146,7 +139,8 @@ def _setup(spec: WorkerSpec, cfg: TrainConfig, run_dir: Path, rank: int, world: 
         n_params = count_parameters(engine.module)
         print(f"train: {len(data)} rows ({len(eval_data) if eval_data else 0} held out), {len(steps)} steps from "
               f"step {start}, {world} rank(s), {'packed' if cfg.packing else 'padded'} micro batches of "
-              f"<= {cfg.micro_batch_tokens} tokens, {n_params / 1e6:.1f}M parameters", flush=True)
+              f"<= {cfg.micro_batch_tokens} tokens, {n_params / 1e6:.1f}M parameters, collective timeout "
+              f"{cfg.collective_timeout_s} s on {n_groups} process group(s)", flush=True)
     return Session(spec, cfg, run_dir, rank, world, device, data, eval_data, steps, tokenizer, pad_id, engine,
                    scheduler, zero3_handle, flops, start,
                    {"world_size": world, "plan": fingerprint, "total_steps": len(steps)})
