@@ -352,3 +352,18 @@ def test_fast_first_fit_equals_the_plain_loop():
         lengths = rng.integers(low, high, size=20_000)
         order = rng.permutation(len(lengths))
         assert pack(lengths, order, 2048) == plain(lengths, order, 2048)
+
+
+def test_train_has_its_real_signature_and_importing_it_stays_light():
+    import inspect
+    import subprocess
+    import sys
+
+    from s3ft.train import train
+    from s3ft.train.driver import train as driver_train
+
+    assert train is driver_train
+    assert list(inspect.signature(train).parameters) == ["run_dir", "model_path", "cfg", "data_path"]
+    probe = "import sys, s3ft.train; print(sorted(m for m in ('torch', 'deepspeed') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True)
+    assert done.stdout.strip() == "[]"

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from transformers import AutoModelForCausalLM
 
 from s3ft.train.batching import IGNORE, collate, flatten, packed, padded
 from s3ft.train.config import TrainConfig
@@ -181,12 +182,28 @@ def test_schedule_warms_up_then_decays_to_the_floor():
 
 
 @pytest.mark.parametrize("on", [True, False])
-def test_gradient_checkpointing_follows_the_config(setup, on):
-    model, _ = load_model(str(setup[3]), TrainConfig(gradient_checkpointing=on), {"zero_optimization": {"stage": 2}},
+def test_gradient_checkpointing_follows_the_config_and_recomputes(setup, on):
+    """With it on, backward runs every decoder layer's forward again (and the gradients do not change)."""
+    _, tokenizer, data, path = setup
+    model, _ = load_model(str(path), TrainConfig(gradient_checkpointing=on), {"zero_optimization": {"stage": 2}},
                           torch.float32)
     assert model.is_gradient_checkpointing is on
     layers = model.model.layers
     assert all(layer.gradient_checkpointing is on for layer in layers) and len(layers) == 2
+    calls = []
+    hooks = [layer.register_forward_pre_hook(lambda *_: calls.append(1)) for layer in layers]  # recompute stops early
+    model.train()
+    batch = collate(data, packed([0, 1, 2, 3]), pad_id=tokenizer.pad_token_id)
+    loss = nll_sum(model, batch)
+    assert len(calls) == 2
+    loss.backward()
+    for hook in hooks:
+        hook.remove()
+    assert len(calls) == (4 if on else 2)
+    grad = model.model.layers[0].mlp.up_proj.weight.grad
+    plain = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).train()
+    nll_sum(plain, batch).backward()
+    assert torch.allclose(grad, plain.model.layers[0].mlp.up_proj.weight.grad, atol=1e-6)
 
 
 def loss_and_grads(model, batch, loss_fn):

@@ -313,16 +313,6 @@ def test_chunked_loss_under_zero3_equals_full_logits(tmp_path):
             assert diff <= 1e-5 * max(1.0, out["scale"][name]), name
 
 
-class DirEngine:
-    """Stands in for the DeepSpeed engine: what is under test is what s3ft's checkpoint functions add to its files."""
-
-    def save_checkpoint(self, root: str, tag: str, client_state: dict) -> None:
-        (Path(root) / tag).mkdir(parents=True)
-
-    def load_checkpoint(self, root: str, tag: str, **_) -> tuple[str, dict]:
-        return str(Path(root) / tag), {}
-
-
 @pytest.fixture
 def one_rank_group(monkeypatch):
     """A one-rank gloo group in this process (the checkpoint functions synchronise ranks), torn down after."""
@@ -338,6 +328,9 @@ def one_rank_group(monkeypatch):
 
 
 def test_rng_state_is_restored_from_a_checkpoint(tmp_path, one_rank_group):
+    """Through a real ZeRO-3 engine: DeepSpeed's save and load run (and may draw random numbers) around s3ft's RNG
+    files; a resume continues every generator from where the checkpoint was taken, with the weights of then."""
+    import deepspeed
     import torch
 
     from s3ft.train import checkpoint
@@ -345,14 +338,31 @@ def test_rng_state_is_restored_from_a_checkpoint(tmp_path, one_rank_group):
     def draws() -> tuple:
         return random.random(), float(np.random.rand()), torch.rand(3).tolist()
 
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 1))
+    engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=0.1),
+                                      config={"train_batch_size": 1, "zero_optimization": {"stage": 3}})
+
+    def train_step() -> None:
+        engine.backward(engine(torch.ones(1, 8)).sum())
+        engine.step()
+
+    def weights() -> list:
+        return [deepspeed.utils.safe_get_full_fp32_param(p).clone() for p in engine.module.parameters()]
+
+    train_step()
     random.seed(1)
     np.random.seed(1)
     torch.manual_seed(1)
-    path = checkpoint.save(DirEngine(), tmp_path, 3, {"world_size": 1, "plan": "p"}, rank=0, keep_last=2)
-    after_save = draws()
-    assert draws() != after_save  # the run moves on ...
-    checkpoint.load(DirEngine(), path, rank=0)
-    assert draws() == after_save  # ... and a resume continues from where the checkpoint was taken
+    path = checkpoint.save(engine, tmp_path, 3, {"world_size": 1, "plan": "p"}, rank=0, keep_last=2)
+    saved_weights, after_save = weights(), draws()
+    assert any(p.name.endswith("model_states.pt") for p in path.iterdir())  # DeepSpeed's own files are there
+    train_step()  # the run moves on: dropout draws, the weights change ...
+    assert draws() != after_save
+    assert any(not torch.equal(a, b) for a, b in zip(weights(), saved_weights))
+    checkpoint.load(engine, path, rank=0)  # ... and a resume continues from where the checkpoint was taken
+    assert draws() == after_save
+    assert all(torch.equal(a, b) for a, b in zip(weights(), saved_weights))
     assert checkpoint.latest(tmp_path)[:2] == (3, path)
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from s3ft.errors import ConfigError, ModelError, S3FTError
 from s3ft.train.config import TrainConfig
-from s3ft.train.loop import WorkerSpec, data_files
+from s3ft.train.spec import WorkerSpec, data_files
 
 log = logging.getLogger(__name__)
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

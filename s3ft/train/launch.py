@@ -22,7 +22,8 @@ from pathlib import Path
 from s3ft.errors import TrainingError
 from s3ft.train import checkpoint
 from s3ft.train.config import TrainConfig
-from s3ft.train.loop import WorkerSpec, run_worker
+from s3ft.train.loop import run_worker
+from s3ft.train.spec import WorkerSpec
 
 RANK_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR")
 

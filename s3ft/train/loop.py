@@ -13,7 +13,7 @@ import os
 import shutil
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,32 +22,10 @@ import torch
 from s3ft.train import checkpoint
 from s3ft.train.batching import IGNORE, Step, collate, flatten, plan_fingerprint, plan_steps
 from s3ft.train.config import TrainConfig, is_flash_attention
+from s3ft.train.spec import WorkerSpec, data_files
 from s3ft.train.tokenize import TokenizedSet
 
 CRASH_ENV = "S3FT_TRAIN_CRASH_AFTER_STEP"  # tests: die (like a killed job) right after this step
-
-
-@dataclass
-class WorkerSpec:
-    """Everything a rank needs, small and picklable (Ray ships it; torchrun reads it from JSON)."""
-
-    run_dir: str
-    model_path: str
-    train: dict[str, Any]  # TrainConfig as JSON
-    use_gpu: bool
-    bf16: bool
-    hidden_size: int
-
-    @property
-    def cfg(self) -> TrainConfig:
-        return TrainConfig.model_validate(self.train)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def data_files(run_dir: Path) -> tuple[Path, Path]:
-    return run_dir / "train" / "train_rows", run_dir / "train" / "eval_rows"
 
 
 def run_worker(spec: WorkerSpec) -> None:
