@@ -4,15 +4,17 @@ The model is Llama-shaped (hidden 2048, 16 layers, 32 query / 8 KV heads, MLP 81
 parameters), built locally with random weights and the char-level tokenizer (its ids use a corner of the
 vocabulary; throughput does not care). `s3ft.train.train` runs `--steps` optimizer steps of packed
 synthetic rows with the bundled zero3.json in this process (local launcher, one GPU). MFU is the
-trainer's own estimate (s3ft/train/metrics.py: 6 FLOPs per parameter per token plus causal attention,
-recomputation not counted) over the timed steps, the first `--warmup` excluded; peak memory is
+trainer's own estimate (s3ft/train/metrics.py: 6 FLOPs per non-embedding weight per token, the head on
+target tokens only, plus causal attention; recomputation not counted; step time read after a device
+sync) over the timed steps, the first `--warmup` excluded. The trainer's defaults hold unless changed:
+gradient checkpointing on (`--no-gradient-checkpointing` turns it off), the chunked loss; peak memory is
 torch.cuda.max_memory_allocated of the training alone. The attention kernel is flash_attention_2 when
 flash-attn is installed (each packed micro batch runs as one varlen sequence), else sdpa.
 
 `--tiny` checks the script anywhere: a tiny fp32 model on CPU (gloo, one process) with a nominal peak of
 1 TFLOP/s, so its MFU and ratio mean nothing. No network is needed. The last line is `ratio=MFU/0.40`.
 
-    python benchmarks/bench_mfu.py [--steps 20] [--micro-batch-tokens 16384] [--gradient-checkpointing]
+    python benchmarks/bench_mfu.py [--steps 20] [--micro-batch-tokens 16384] [--no-gradient-checkpointing]
     python benchmarks/bench_mfu.py --tiny
 """
 
@@ -28,6 +30,8 @@ import tempfile
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from s3ft.config.train import TrainConfig  # light (pydantic only): the defaults below come from it
 
 TARGET_MFU = 0.40
 GPU_SHAPE = {"hidden": 2048, "layers": 16, "heads": 32, "kv_heads": 8, "mlp": 8192, "vocab": 32000}
@@ -102,13 +106,15 @@ def main() -> None:
     parser.add_argument("--max-seq-len", type=int, help="longest row, the packed sequence length (2048; 128 tiny)")
     parser.add_argument("--layers", type=int, help="decoder layers (default: 16)")
     parser.add_argument("--attn", default="auto", help="attention kernel (auto: flash_attention_2 if installed)")
-    parser.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations (not in MFU)")
+    parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction,
+                        default=TrainConfig.model_fields["gradient_checkpointing"].default,
+                        help="recompute activations (not counted in MFU); on by default, as in the trainer")
     parser.add_argument("--peak-tflops", type=float, help="device peak for MFU (default: the trainer's table)")
     args = parser.parse_args()
 
     import torch
 
-    from s3ft.train import TrainConfig, train
+    from s3ft.train import train
     from s3ft.train.metrics import peak_tflops
 
     on_gpu = torch.cuda.is_available() and not args.tiny

@@ -7,9 +7,14 @@ All three train one epoch of the same rows on a small random Llama with the same
 HF pads each batch to its longest row, with the batch size that holds the same number of real
 tokens on average; TRL packs the rows (given as prompt-completion chat rows, loss on the completion)
 with its default "bfd" strategy into sequences as long as s3ft's (the longest row), as many per
-batch as fit in `--micro-batch-tokens`. "bfd" is padding-free: TRL flattens a batch into one
-sequence whose position ids restart at every row, and on CPU transformers' sdpa turns those into a
-block-diagonal mask, so attention stays inside each row as in s3ft (no flash-attention needed).
+batch as fit in `--micro-batch-tokens`.
+
+The TRL comparison is on matched layouts (`--trl-layout batch`, the default): like s3ft's, each
+batch is (packed sequences x their length), position ids restarting at every row and no attention
+mask, so transformers' sdpa keeps rows apart with a block-diagonal mask per sequence in both. TRL's
+own default for "bfd" (`--trl-layout padding-free`) flattens the batch into one sequence; on CPU sdpa
+then builds one dense mask over all of it (about B times the attention work of the (B, L) layout),
+which is a kernel difference (flash-attention's varlen path has no such cost), not a trainer one.
 Throughput is real (non-padding, prompt + target) tokens per second of training steps, the first
 steps (warm-up) excluded. Each trainer runs in its own process(es). Prints the padding fractions and
 tokens/s, `ratio_vs_trl=ours/trl`, then `ratio=ours/hf` as the last line.
@@ -33,7 +38,7 @@ import time
 from pathlib import Path
 
 WARMUP_STEPS = 2
-WORDS = "the of and to in is was for on that with as by at from his an were are which this be or had".split()
+WORDS = ["the", "of", "and", "to", "in", "is", "was", "for", "on", "that", "with", "as", "by", "at", "from", "his", "an", "were", "are", "which", "this", "be", "or", "had"]
 TRL_PIN = "trl==1.16.0"
 
 
@@ -101,11 +106,11 @@ class Meter:
 
     def write(self, path: Path, **extra) -> None:
         """Rank 0 writes tokens/s (warm-up steps excluded), padding fraction and step count to `path`."""
-        if int(os.environ.get("RANK", 0)) != 0:
+        if int(os.environ.get("RANK", "0")) != 0:
             return
         # the dataloader of each rank runs ahead by a batch or two; time the steps, count their tokens
         n = min(len(self.times), len(self.step_tokens))
-        tokens = sum(self.step_tokens[WARMUP_STEPS:n]) * int(os.environ.get("WORLD_SIZE", 1))
+        tokens = sum(self.step_tokens[WARMUP_STEPS:n]) * int(os.environ.get("WORLD_SIZE", "1"))
         result = {"tokens_per_s": tokens / sum(self.times[WARMUP_STEPS:n]), "padding": 1 - self.real / self.computed,
                   "steps": len(self.times), **extra}
         path.write_text(json.dumps(result))
@@ -141,7 +146,7 @@ def hf_worker(work: Path, args: argparse.Namespace) -> None:
 
     from s3ft.train.tokenize import TokenizedSet
 
-    data = TokenizedSet.load(work / "ours" / "train" / "train_rows.npz")
+    data = TokenizedSet.load(work / "ours" / "train" / "train_rows")
     features = []
     for i in range(len(data)):
         ids = data.row(i).astype(np.int64).tolist()
@@ -163,6 +168,7 @@ def trl_worker(work: Path, args: argparse.Namespace) -> None:
     from datasets import Dataset
     from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
     from s3ft.train.tokenize import TokenizedSet
 
@@ -171,25 +177,48 @@ def trl_worker(work: Path, args: argparse.Namespace) -> None:
     dataset = Dataset.from_list([
         {"prompt": r["messages"], "completion": [{"role": "assistant", "content": r["target"]}]} for r in rows
     ])
-    longest = int(TokenizedSet.load(work / "ours" / "train" / "train_rows.npz").lengths().max())
+    longest = int(TokenizedSet.load(work / "ours" / "train" / "train_rows").lengths().max())
     seq_len = min(args.micro_batch_tokens, longest)  # s3ft's packed sequence length
     batch = max(1, args.micro_batch_tokens // seq_len)
     targs, model, meter = baseline_setup(work, SFTConfig, "trl", batch, packing=True, packing_strategy="bfd",
                                          max_length=seq_len)
     trainer = SFTTrainer(model=model, args=targs, train_dataset=dataset,
                          processing_class=AutoTokenizer.from_pretrained(work / "model"), callbacks=[meter.callback()])
-    trainer.data_collator = meter.counting(trainer.data_collator)  # TRL refuses a custom collator with padding-free
+    collate = trainer.data_collator  # TRL refuses a custom collator with packing, so it is replaced after
+    if args.trl_layout == "batch":
+        collate = batch_layout(DataCollatorForLanguageModeling(pad_token_id=collate.pad_token_id,
+                                                               return_position_ids=True))
+    trainer.data_collator = meter.counting(collate)
     trainer.train()
-    meter.write(work / "trl.json", batch_size=batch, max_length=seq_len, tokens=meter.real,
-                padding_free=trainer.padding_free, version=trl.__version__)
+    meter.write(work / "trl.json", batch_size=batch, max_length=seq_len, tokens=meter.real, layout=args.trl_layout,
+                version=trl.__version__)
+
+
+def batch_layout(collate):
+    """TRL's collator without padding-free: (packed sequences, length), positions restarting at every row, and no
+    attention mask, so transformers keeps rows apart from the position ids, as for s3ft's batches."""
+
+    def wrapped(items):
+        out = collate(items)
+        out.pop("attention_mask")
+        return out
+
+    return wrapped
 
 
 def run_baseline(kind: str, work: Path, args: argparse.Namespace) -> dict:
     """Run `kind` (hf or trl) under torchrun with `--ranks` ranks; returns what its rank 0 wrote."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.ranks}",
-           __file__, "--worker", kind, "--work", str(work), "--micro-batch-tokens", str(args.micro_batch_tokens)]
+           __file__, "--worker", kind, "--work", str(work), "--micro-batch-tokens", str(args.micro_batch_tokens),
+           "--trl-layout", args.trl_layout]
     subprocess.run(cmd, check=True)
     return json.loads((work / f"{kind}.json").read_text())
+
+
+def _on_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def main() -> None:
@@ -199,6 +228,8 @@ def main() -> None:
     parser.add_argument("--micro-batch-tokens", type=int, default=4096)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--trl-layout", choices=["batch", "padding-free"], default="batch",
+                        help="TRL's batches: (B, L) as s3ft's (matched), or TRL's padding-free single sequence")
     parser.add_argument("--worker", choices=["hf", "trl"], help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -219,13 +250,15 @@ def main() -> None:
         ours = run_ours(work, args)
         hf = run_baseline("hf", work, args)
         trl = run_baseline("trl", work, args)
+    print(f"CPU: {os.cpu_count()} cores, fp32, sdpa, no gradient checkpointing" if not _on_gpu() else "GPU")
     print(f"rows={args.rows} ranks={args.ranks} micro_batch_tokens={args.micro_batch_tokens} "
           f"hf_batch_size={hf['batch_size']}")
     print(f"padding_fraction ours={ours['padding']:.3f} hf={hf['padding']:.3f}")
     print(f"tokens_per_s ours={ours['tokens_per_s']:.0f} hf={hf['tokens_per_s']:.0f} "
           f"(steps ours={ours['steps']} hf={hf['steps']})")
-    print(f"trl={trl['version']} SFTTrainer packing=True packing_strategy=bfd "
-          f"padding_free={trl['padding_free']} max_length={trl['max_length']} batch_size={trl['batch_size']} "
+    print(f"trl={trl['version']} SFTTrainer packing=True packing_strategy=bfd layout={trl['layout']} "
+          f"({'matched: (B, L) for both' if trl['layout'] == 'batch' else 'TRL one sequence vs our (B, L)'}) "
+          f"max_length={trl['max_length']} batch_size={trl['batch_size']} "
           f"tokens trained ours={ours['tokens']} trl={trl['tokens']}")
     print(f"padding_fraction trl={trl['padding']:.3f}")
     print(f"tokens_per_s trl={trl['tokens_per_s']:.0f} (steps trl={trl['steps']})")

@@ -122,7 +122,7 @@ def test_eval_split_is_stable_and_disjoint(tokenizer, tmp_path):
     shuffled, _ = tokenize_rows(tokenizer, write_rows(tmp_path / "b.jsonl", rows[::-1]), max_seq_len=64,
                                 truncation="error")
     train, held = split_eval(data, 0.1, seed=0)
-    train2, held2 = split_eval(shuffled, 0.1, seed=0)
+    _, held2 = split_eval(shuffled, 0.1, seed=0)
     assert set(held.ids) == set(held2.ids) and not set(held.ids) & set(train.ids)
     assert 5 <= len(held) <= 40 and len(train) + len(held) == 200
 
@@ -288,3 +288,82 @@ def test_cli_takes_the_config_positionally_as_launchers_pass_it(tmp_path):
         assert (run_dir, model, cfg.lr, cfg.max_steps) == (tmp_path / "run", "m", 1e-4, 7)
     with pytest.raises(SystemExit):
         parse_args([str(exp), "--config", str(tmp_path / "other.yaml")])
+
+
+def test_bf16_with_accumulation_adds_and_reduces_gradients_in_fp32(tmp_path):
+    for name in ("zero3", "zero2", "zero3_offload"):
+        ds = resolve_deepspeed_config(TrainConfig(deepspeed=name, grad_accum=4), world_size=2, bf16=True,
+                                      hidden_size=64)
+        assert ds["data_types"] == {"grad_accum_dtype": "fp32"} and ds["communication_data_type"] == "fp32"
+        one = resolve_deepspeed_config(TrainConfig(deepspeed=name, grad_accum=1), world_size=2, bf16=True,
+                                       hidden_size=64)
+        fp32 = resolve_deepspeed_config(TrainConfig(deepspeed=name, grad_accum=4), world_size=2, bf16=False,
+                                        hidden_size=64)
+        assert "data_types" not in one and "data_types" not in fp32 and "communication_data_type" not in fp32
+    own = tmp_path / "ds.json"
+    own.write_text(json.dumps({"zero_optimization": {"stage": 3}, "communication_data_type": "bf16"}))
+    ds = resolve_deepspeed_config(TrainConfig(deepspeed=str(own), grad_accum=4), world_size=2, bf16=True,
+                                  hidden_size=64)
+    assert ds["communication_data_type"] == "bf16"  # the JSON's own choice stands
+
+
+def test_bf16_is_off_on_cpu_and_refused_when_asked_for_there():
+    from s3ft.train.driver import resolve_bf16
+
+    assert resolve_bf16(TrainConfig(bf16="auto"), use_gpu=False) is False
+    with pytest.raises(ConfigError, match="bf16: true needs GPUs"):
+        resolve_bf16(TrainConfig(bf16=True), use_gpu=False)
+
+
+@pytest.mark.parametrize("kind", ["mamba", "jamba", "lfm2", "qwen3_next", "falcon_h1"])
+def test_packing_is_refused_for_models_whose_layers_ignore_position_ids(kind):
+    from transformers import AutoConfig, LlamaConfig
+
+    from s3ft.train.driver import check_packing
+
+    config = AutoConfig.for_model(kind)
+    with pytest.raises(ConfigError, match="recurrent layers .* set train.packing: false"):
+        check_packing(config, TrainConfig(packing=True))
+    check_packing(config, TrainConfig(packing=False))
+    check_packing(LlamaConfig(), TrainConfig(packing=True))
+
+
+def test_fast_first_fit_equals_the_plain_loop():
+    """pack's skip-the-scan bound changes nothing: the same bins as first-fit over the last OPEN_BINS sequences."""
+    from s3ft.train.batching import OPEN_BINS
+
+    def plain(lengths, order, capacity):
+        bins, room, first_open = [], [], 0
+        for i in order.tolist():
+            n = int(lengths[i])
+            for b in range(first_open, len(bins)):
+                if room[b] >= n:
+                    bins[b].append(i)
+                    room[b] -= n
+                    break
+            else:
+                bins.append([i])
+                room.append(capacity - n)
+            first_open = max(first_open, len(bins) - OPEN_BINS)
+        return bins
+
+    rng = np.random.default_rng(7)
+    for low, high in ((1, 2048), (1, 100), (900, 1100)):
+        lengths = rng.integers(low, high, size=20_000)
+        order = rng.permutation(len(lengths))
+        assert pack(lengths, order, 2048) == plain(lengths, order, 2048)
+
+
+def test_train_has_its_real_signature_and_importing_it_stays_light():
+    import inspect
+    import subprocess
+    import sys
+
+    from s3ft.train import train
+    from s3ft.train.driver import train as driver_train
+
+    assert train is driver_train
+    assert list(inspect.signature(train).parameters) == ["run_dir", "model_path", "cfg", "data_path"]
+    probe = "import sys, s3ft.train; print(sorted(m for m in ('torch', 'deepspeed') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True)
+    assert done.stdout.strip() == "[]"

@@ -26,8 +26,9 @@ from s3ft.train.loop import CRASH_ENV
 
 pytestmark = pytest.mark.slow
 
-BASE = dict(max_steps=6, lr=3e-3, warmup_ratio=0.2, micro_batch_tokens=160, max_seq_len=32, save_every=2,
-            keep_last=2, eval_fraction=0.1, export_dtype="float32", report_to=["jsonl"], seed=3)
+BASE = {"max_steps": 6, "lr": 3e-3, "warmup_ratio": 0.2, "micro_batch_tokens": 160, "max_seq_len": 32,
+        "save_every": 2, "keep_last": 2, "eval_fraction": 0.1, "export_dtype": "float32", "report_to": ["jsonl"],
+        "seed": 3, "peak_tflops": 1.0}
 
 
 def addition_rows(n: int, seed: int = 0) -> list[dict]:
@@ -145,6 +146,27 @@ def test_eval_loss_is_logged_at_checkpoints(runs):
     assert evals[-1]["loss"] < evals[0]["loss"]
 
 
+def test_mfu_is_the_hand_counted_flops_over_the_synchronised_step_time(runs):
+    """The tiny Llama (hidden 128, 2 layers, MLP 256, vocab 104): 6 FLOPs per body weight per token, 6 per head
+    weight per target token, causal attention per row; the embedding counts nothing."""
+    from s3ft.train.tokenize import TokenizedSet
+
+    run = runs["one_rank"]
+    data = TokenizedSet.load(run / "train" / "train_rows")
+    length = dict(zip(data.ids, data.lengths().tolist()))
+    target = dict(zip(data.ids, (data.lengths() - np.maximum(data.prompt_lens, 1)).tolist()))
+    body = 2 * (4 * 128 * 128 + 3 * 128 * 256 + 2 * 128) + 128
+    logged = [m for m in jsonl(run / "logs" / "metrics.jsonl") if m["split"] == "train"]
+    steps = jsonl(run / "logs" / "rows.jsonl")
+    assert len(logged) == len(steps) == 6
+    for m, step in zip(logged, steps):
+        lens = [length[i] for i in step["ids"]]
+        tokens, targets = sum(lens), sum(target[i] for i in step["ids"])
+        flops = 6 * body * tokens + 6 * 104 * 128 * targets + 6 * 2 * 128 * sum(n * n for n in lens)
+        assert (m["tokens"], m["target_tokens"]) == (tokens, targets)
+        assert m["mfu"] == pytest.approx(flops / m["step_time"] / 1e12, rel=1e-9)
+
+
 def test_step_one_equals_a_plain_pytorch_step(runs):
     """DeepSpeed's step-1 loss and gradient norm equal plain PyTorch on the same micro batches and dropout."""
     import torch
@@ -152,11 +174,11 @@ def test_step_one_equals_a_plain_pytorch_step(runs):
 
     from s3ft.train.batching import collate, plan_steps
     from s3ft.train.loop import _dropout_seed
-    from s3ft.train.model import nll_sum
+    from s3ft.train.loss import nll_sum
     from s3ft.train.tokenize import TokenizedSet
 
     run = runs["two_ranks"]
-    data = TokenizedSet.load(run / "train" / "train_rows.npz")
+    data = TokenizedSet.load(run / "train" / "train_rows")
     step = plan_steps(data, world_size=2, grad_accum=1, budget=BASE["micro_batch_tokens"], packing=True,
                       seed=BASE["seed"], epochs=3, max_steps=BASE["max_steps"])[0]
     assert [data.ids[i] for i in step.rows()] == jsonl(run / "logs" / "rows.jsonl")[0]["ids"]
@@ -220,35 +242,95 @@ def test_model_is_partitioned_across_ranks_when_loaded(tmp_path):
         assert torch.equal(halves, weight.detach().reshape(-1)), name  # together they are exactly the weight
 
 
-class DirEngine:
-    """Stands in for the DeepSpeed engine: what is under test is what s3ft's checkpoint functions add to its files."""
+CHUNKED_LOSS_SCRIPT = textwrap.dedent("""
+    import os, sys
+    import deepspeed, torch
+    from deepspeed.utils import safe_get_full_grad
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from s3ft.train.batching import collate
+    from s3ft.config.train import TrainConfig
+    from s3ft.train.dsconfig import resolve_deepspeed_config
+    from s3ft.train.loss import full_logits_nll, nll_sum
+    from s3ft.train.model import load_model
+    from s3ft.train.tokenize import TokenizedSet
 
-    def save_checkpoint(self, root: str, tag: str, client_state: dict) -> None:
-        (Path(root) / tag).mkdir(parents=True)
+    model_path, data_path, out = sys.argv[1:4]
+    deepspeed.init_distributed(dist_backend="gloo")
+    rank = int(os.environ["RANK"])
+    data = TokenizedSet.load(data_path)
+    mbs = [((0, 1), (2, 4)), ()]  # rank 1 has a dummy: no label, yet the same collectives
+    batches = [collate(data, mb, pad_id=0) for mb in mbs]
+    plain = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)  # whole, before ZeRO-3 init
+    ref_losses = []
+    for b in batches:
+        loss = full_logits_nll(plain, b)
+        if loss.requires_grad:
+            loss.backward()  # grads summed over both micro batches
+        ref_losses.append(loss.item())
+    cfg = TrainConfig(deepspeed="zero3", gradient_checkpointing=False)
+    ds = resolve_deepspeed_config(cfg, world_size=2, bf16=False, hidden_size=128)
+    model, handle = load_model(model_path, cfg, ds, torch.float32)
+    assert model.lm_head.weight.numel() == 0  # partitioned: the loss must gather it through the module
+    opt = torch.optim.AdamW(model.parameters(), lr=0.0)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=ds)
+    loss = nll_sum(engine, batches[rank], chunk_logits=5 * model.config.vocab_size)
+    engine.backward(loss)
+    grads = {n: safe_get_full_grad(p) for n, p in engine.module.named_parameters()}
+    ref = {n: p.grad / 2 for n, p in plain.named_parameters()}  # DeepSpeed averages over the ranks
+    torch.save({"loss": loss.item(), "ref_loss": ref_losses[rank],
+                "diff": {n: (grads[n] - ref[n]).abs().max().item() for n in ref},
+                "scale": {n: ref[n].abs().max().item() for n in ref}}, os.path.join(out, f"rank{rank}.pt"))
+    torch.distributed.destroy_process_group()
+""")
 
-    def load_checkpoint(self, root: str, tag: str, **_) -> tuple[str, dict]:
-        return str(Path(root) / tag), {}
+
+def test_chunked_loss_under_zero3_equals_full_logits(tmp_path):
+    """2 gloo ranks, ZeRO-3 (lm_head partitioned), one with a dummy micro batch: loss and every gathered gradient
+    equal full-logits PyTorch."""
+    import torch
+
+    from s3ft.models.tiny import build_tiny_model
+    from s3ft.train.tokenize import tokenize_rows
+
+    base = build_tiny_model(tmp_path / "base")
+    merged = new_run(tmp_path, "run", addition_rows(6)) / "data" / "merged.jsonl"
+    from transformers import AutoTokenizer
+
+    data, _ = tokenize_rows(AutoTokenizer.from_pretrained(base), merged, max_seq_len=32, truncation="error")
+    data.save(tmp_path / "rows")
+    script = tmp_path / "chunked.py"
+    script.write_text(CHUNKED_LOSS_SCRIPT)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script), str(base),
+           str(tmp_path / "rows"), str(tmp_path)]
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for r in (0, 1):
+        out = torch.load(tmp_path / f"rank{r}.pt")
+        assert out["loss"] == pytest.approx(out["ref_loss"], rel=1e-6)
+        assert "lm_head.weight" in out["diff"] and len(out["diff"]) == 21
+        for name, diff in out["diff"].items():
+            assert diff <= 1e-5 * max(1.0, out["scale"][name]), name
 
 
 @pytest.fixture
 def one_rank_group(monkeypatch):
     """A one-rank gloo group in this process (the checkpoint functions synchronise ranks), torn down after."""
-    import deepspeed
-    import torch
-
+    from s3ft.train import groups
     from s3ft.train.launch import free_port
-    from s3ft.train.loop import _forget_deepspeed_groups
 
     for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
                        "MASTER_PORT": str(free_port())}.items():
         monkeypatch.setenv(key, value)
-    deepspeed.init_distributed(dist_backend="gloo")
+    groups.start(use_gpu=False, timeout_s=600)
     yield
-    torch.distributed.destroy_process_group()
-    _forget_deepspeed_groups()
+    groups.stop()
 
 
 def test_rng_state_is_restored_from_a_checkpoint(tmp_path, one_rank_group):
+    """Through a real ZeRO-3 engine: DeepSpeed's save and load run (and may draw random numbers) around s3ft's RNG
+    files; a resume continues every generator from where the checkpoint was taken, with the weights of then."""
+    import deepspeed
     import torch
 
     from s3ft.train import checkpoint
@@ -256,14 +338,31 @@ def test_rng_state_is_restored_from_a_checkpoint(tmp_path, one_rank_group):
     def draws() -> tuple:
         return random.random(), float(np.random.rand()), torch.rand(3).tolist()
 
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 1))
+    engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=0.1),
+                                      config={"train_batch_size": 1, "zero_optimization": {"stage": 3}})
+
+    def train_step() -> None:
+        engine.backward(engine(torch.ones(1, 8)).sum())
+        engine.step()
+
+    def weights() -> list:
+        return [deepspeed.utils.safe_get_full_fp32_param(p).clone() for p in engine.module.parameters()]
+
+    train_step()
     random.seed(1)
     np.random.seed(1)
     torch.manual_seed(1)
-    path = checkpoint.save(DirEngine(), tmp_path, 3, {"world_size": 1, "plan": "p"}, rank=0, keep_last=2)
-    after_save = draws()
-    assert draws() != after_save  # the run moves on ...
-    checkpoint.load(DirEngine(), path, rank=0)
-    assert draws() == after_save  # ... and a resume continues from where the checkpoint was taken
+    path = checkpoint.save(engine, tmp_path, 3, {"world_size": 1, "plan": "p"}, rank=0, keep_last=2)
+    saved_weights, after_save = weights(), draws()
+    assert any(p.name.endswith("model_states.pt") for p in path.iterdir())  # DeepSpeed's own files are there
+    train_step()  # the run moves on: dropout draws, the weights change ...
+    assert draws() != after_save
+    assert any(not torch.equal(a, b) for a, b in zip(weights(), saved_weights))
+    checkpoint.load(engine, path, rank=0)  # ... and a resume continues from where the checkpoint was taken
+    assert draws() == after_save
+    assert all(torch.equal(a, b) for a, b in zip(weights(), saved_weights))
     assert checkpoint.latest(tmp_path)[:2] == (3, path)
 
 

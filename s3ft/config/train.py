@@ -73,6 +73,10 @@ class TrainConfig(Section):
         "ray", description="ray: Ray Train workers; torchrun: torchrun ranks; local: this process, one rank."
     )
     num_workers: int = Field(1, gt=0, description="Ranks (one per GPU on GPU machines).")
+    collective_timeout_s: int = Field(
+        7200, gt=0, description="Seconds a rank waits in any collective or barrier before the job fails (every "
+        "process group, both launchers); long because ranks wait while rank 0 writes the exported model.",
+    )
     use_gpu: bool | Literal["auto"] = Field("auto", description="Train on GPUs; auto: when CUDA is available.")
     peak_tflops: float | None = Field(
         None, gt=0, description="Per-device peak TFLOP/s for the MFU estimate; default: known GPUs, none on CPU."

@@ -1,16 +1,10 @@
 """Supervised fine-tuning on the selected targets: DeepSpeed ZeRO-3, full-parameter or LoRA.
 
-`train(run_dir, model_path, cfg)` reads run_dir/data/merged.jsonl and returns run_dir/model.
+`train(run_dir, model_path, cfg)` reads run_dir/data/merged.jsonl and returns run_dir/model. Importing
+this package is light: torch and DeepSpeed load when training starts.
 """
 
 from s3ft.config.train import LoraConfig, TrainConfig
-
-
-def train(*args, **kwargs):
-    """See `s3ft.train.driver.train` (imported lazily: torch and DeepSpeed are heavy)."""
-    from s3ft.train.driver import train as _train
-
-    return _train(*args, **kwargs)
-
+from s3ft.train.driver import train
 
 __all__ = ["LoraConfig", "TrainConfig", "train"]

@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         if args.worker_spec:
-            from s3ft.train.loop import WorkerSpec, run_worker
+            from s3ft.train.loop import run_worker
+            from s3ft.train.spec import WorkerSpec
 
             run_worker(WorkerSpec(**json.loads(Path(args.worker_spec).read_text())))
             return 0

@@ -8,8 +8,8 @@ A micro batch is a few sequences padded to the longest one, at most `micro_batch
 all (padding counts). With packing, a sequence holds several whole rows (first-fit, up to the
 longest row's length) and position ids restart at every row, which makes transformers' sdpa, eager
 and flex paths keep attention inside each row (a block-diagonal mask per sequence); without it, a
-sequence is one row. Flash-attention kernels only split at restarting positions in a batch of one
-sequence, so for them a micro batch is `flatten`ed into one. Padding goes at the end of a sequence
+sequence is one row. Flash-attention kernels only split rows in a batch of one sequence, so for them a
+micro batch is `flatten`ed into one, and its rows' boundaries go to the model with it. Padding goes at the end of a sequence
 and its positions continue, so causal attention never lets a real token see it, no attention mask is
 needed, and a position 0 always starts a row. Steps whose last micro batches run out of rows get
 empty ("dummy") micro batches: one token, no loss, so every rank still runs the same forwards.
@@ -50,20 +50,31 @@ class Step:
 
 
 def pack(lengths: np.ndarray, order: np.ndarray, capacity: int) -> list[list[int]]:
-    """First-fit packing of rows (in `order`) into sequences of at most `capacity` tokens."""
+    """First-fit packing of rows (in `order`) into sequences of at most `capacity` tokens, looking back over
+    the last OPEN_BINS sequences only (linear time; a million rows plan in about a second).
+
+    >>> pack(np.array([5, 4, 3, 2]), np.arange(4), capacity=7)
+    [[0, 3], [1, 2]]
+    """
+    sizes = lengths.tolist()
     bins: list[list[int]] = []
     room: list[int] = []
     first_open = 0
+    bound = 0  # at least the most room left in an open sequence: rows larger than it skip the scan
     for i in order.tolist():
-        n = int(lengths[i])
-        for b in range(first_open, len(bins)):
-            if room[b] >= n:
+        n = sizes[i]
+        if bound >= n:
+            b = first_open
+            while b < len(room) and room[b] < n:
+                b += 1
+            if b < len(room):
                 bins[b].append(i)
                 room[b] -= n
-                break
-        else:
-            bins.append([i])
-            room.append(capacity - n)
+                continue
+            bound = max(room[first_open:])  # the bound was stale: make it exact, then open a sequence
+        bins.append([i])
+        room.append(capacity - n)
+        bound = max(bound, capacity - n)
         first_open = max(first_open, len(bins) - OPEN_BINS)
     return bins
 
@@ -89,9 +100,12 @@ def epoch_micro_batches(data: TokenizedSet, epoch: int, seed: int, budget: int, 
     order = np.random.default_rng([seed, epoch]).permutation(len(data))
     if packing:
         seqs = pack(lengths, order, capacity=min(budget, int(lengths.max())))
+        starts = np.cumsum([0] + [len(s) for s in seqs[:-1]])
+        seq_lens = np.add.reduceat(lengths[np.concatenate(seqs)], starts).tolist()
     else:
         seqs = [[i] for i in order.tolist()]
-    return group(seqs, [int(lengths[s].sum()) for s in seqs], budget)
+        seq_lens = lengths[order].tolist()
+    return group(seqs, seq_lens, budget)
 
 
 def packed(rows) -> MicroBatch:
@@ -170,9 +184,22 @@ def collate(data: TokenizedSet, mb: MicroBatch, *, pad_id: int) -> dict:
 
 
 def flatten(batch: dict) -> dict:
-    """The micro batch's sequences back to back as one (1, B*L) sequence, for flash-attention kernels: they
-    run varlen attention, split where position ids restart at 0 (every row), only when the batch is one sequence."""
-    return {k: v.reshape(1, -1) for k, v in batch.items()}
+    """The micro batch's sequences back to back as one (1, B*L) sequence, with its rows' boundaries, for
+    flash-attention kernels: they run varlen attention over one sequence only, and with `cu_seq_lens_q/k`
+    and `max_length_q/k` given no attention layer derives the boundaries again (a host sync per layer,
+    forward and recompute). The boundaries are computed here, on the CPU, where the batch is built.
+
+    >>> b = flatten({"input_ids": torch.zeros(2, 3), "position_ids": torch.tensor([[0, 1, 0], [0, 1, 2]])})
+    >>> b["cu_seq_lens_q"].tolist(), b["max_length_q"]
+    ([0, 2, 3, 6], 3)
+    """
+    flat = {k: v.reshape(1, -1) for k, v in batch.items()}
+    positions = flat["position_ids"][0]
+    starts = torch.nonzero(positions == 0).flatten()  # every row starts at position 0; padding continues the last
+    cu_seq_lens = torch.cat([starts, torch.tensor([positions.numel()])]).to(torch.int32)
+    max_length = int(cu_seq_lens.diff().max())
+    return {**flat, "cu_seq_lens_q": cu_seq_lens, "cu_seq_lens_k": cu_seq_lens, "max_length_q": max_length,
+            "max_length_k": max_length}
 
 
 def _shifted_labels(seq: torch.Tensor, prompt_len: int) -> torch.Tensor:

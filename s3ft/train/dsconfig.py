@@ -1,7 +1,8 @@
 """DeepSpeed JSON: find it, fill its "auto" values from the train section, refuse contradictions.
 
 s3ft batches by tokens, so a DeepSpeed "micro batch" is one packed micro batch (size 1); the learning
-rate schedule is ours (a DeepSpeed `scheduler` block would fight it). Everything is checked in the
+rate schedule is ours (a DeepSpeed `scheduler` block would fight it). In bf16 with grad_accum > 1,
+gradients are accumulated and reduced in fp32 unless the JSON says otherwise. Everything is checked in the
 driver, before any rank starts.
 """
 
@@ -68,6 +69,12 @@ class _Filler:
         elif not _same(value, ours):
             self.conflicts.append(f"  {key} is {value!r} in {self.source}, but {our_key} gives {ours!r}")
 
+    def default(self, key: str, ours: Any) -> None:
+        """Set `key` when absent or "auto"; a value the JSON fixes is the user's choice."""
+        node, leaf = self._node(key, create=True)
+        if node.get(leaf, AUTO) == AUTO:
+            node[leaf] = ours
+
     def fill(self, key: str, ours: Any) -> None:
         node, leaf = self._node(key, create=False)
         if node is not None and node.get(leaf) == AUTO:
@@ -107,6 +114,9 @@ def resolve_deepspeed_config(cfg: TrainConfig, *, world_size: int, bf16: bool, h
         f.match("optimizer.params.betas", list(cfg.adam_betas), "train.adam_betas")
         f.match("optimizer.params.eps", cfg.adam_eps, "train.adam_eps")
         f.match("optimizer.params.weight_decay", cfg.weight_decay, "train.weight_decay")
+    if bf16 and cfg.grad_accum > 1:  # bf16 sums of micro batches lose the small gradients: add and reduce in fp32
+        f.default("data_types.grad_accum_dtype", "fp32")
+        f.default("communication_data_type", "fp32")
     f.fill("zero_optimization.reduce_bucket_size", hidden_size * hidden_size)
     f.fill("zero_optimization.stage3_prefetch_bucket_size", int(0.9 * hidden_size * hidden_size))
     f.fill("zero_optimization.stage3_param_persistence_threshold", 10 * hidden_size)

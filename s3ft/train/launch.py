@@ -21,7 +21,8 @@ from pathlib import Path
 from s3ft.config.train import TrainConfig
 from s3ft.errors import TrainingError
 from s3ft.train import checkpoint
-from s3ft.train.loop import WorkerSpec, run_worker
+from s3ft.train.loop import run_worker
+from s3ft.train.spec import WorkerSpec
 
 RANK_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR")
 
@@ -53,7 +54,7 @@ def launch_torchrun(spec: WorkerSpec, cfg: TrainConfig) -> None:
            "-m", "s3ft.train", "--worker-spec", str(spec_file)]
     env = {k: v for k, v in os.environ.items() if k not in RANK_ENV}
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // cfg.num_workers)))
-    code = subprocess.run(cmd, env=env).returncode
+    code = subprocess.run(cmd, check=False, env=env).returncode
     if code != 0:
         raise training_failed(spec, f"torchrun exited with code {code} (the failing rank's error is above)")
 
@@ -69,7 +70,7 @@ def launch_ray(spec: WorkerSpec, cfg: TrainConfig) -> None:
         _ray_worker,
         train_loop_config={"spec": spec.to_dict()},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=spec.use_gpu),
-        torch_config=TorchConfig(backend="nccl" if spec.use_gpu else "gloo"),
+        torch_config=TorchConfig(backend="nccl" if spec.use_gpu else "gloo", timeout_s=cfg.collective_timeout_s),
         run_config=RunConfig(name="train", storage_path=str(Path(spec.run_dir) / "ray")),
     )
     try:

@@ -13,7 +13,7 @@ import os
 import shutil
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,164 +21,180 @@ import torch
 
 from s3ft.config.train import TrainConfig, is_flash_attention
 from s3ft.train import checkpoint
-from s3ft.train.batching import Step, collate, flatten, plan_fingerprint, plan_steps
+from s3ft.train.batching import IGNORE, Step, collate, flatten, plan_fingerprint, plan_steps
+from s3ft.train.spec import WorkerSpec, data_files
 from s3ft.train.tokenize import TokenizedSet
 
 CRASH_ENV = "S3FT_TRAIN_CRASH_AFTER_STEP"  # tests: die (like a killed job) right after this step
 
 
-@dataclass
-class WorkerSpec:
-    """Everything a rank needs, small and picklable (Ray ships it; torchrun reads it from JSON)."""
-
-    run_dir: str
-    model_path: str
-    train: dict[str, Any]  # TrainConfig as JSON
-    use_gpu: bool
-    bf16: bool
-    hidden_size: int
-
-    @property
-    def cfg(self) -> TrainConfig:
-        return TrainConfig.model_validate(self.train)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def data_files(run_dir: Path) -> tuple[Path, Path]:
-    return run_dir / "train" / "train_rows.npz", run_dir / "train" / "eval_rows.npz"
-
-
 def run_worker(spec: WorkerSpec) -> None:
-    import deepspeed
     import deepspeed.comm as dist
+
+    from s3ft.train import groups
 
     warnings.filterwarnings("ignore", message=r".*torch\.distributed\.\w+` is deprecated", category=FutureWarning)
 
     cfg, run_dir = spec.cfg, Path(spec.run_dir)
-    if spec.use_gpu:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    owns_group = not torch.distributed.is_initialized()  # Ray Train sets the group up itself
-    deepspeed.init_distributed(dist_backend="nccl" if spec.use_gpu else "gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
-    dist.barrier()  # under torchrun, rank 0 wrote the tokenized rows just before
-    device = torch.device("cuda", torch.cuda.current_device()) if spec.use_gpu else torch.device("cpu")
+    groups.start(spec.use_gpu, cfg.collective_timeout_s)
     try:
+        check_device(spec)
+        rank, world = dist.get_rank(), dist.get_world_size()
+        dist.barrier()  # the rows were written just before (by the driver, or local rank 0 under torchrun)
+        device = torch.device("cuda", torch.cuda.current_device()) if spec.use_gpu else torch.device("cpu")
         _train(spec, cfg, run_dir, rank, world, device)
     finally:
-        if owns_group:
-            torch.distributed.destroy_process_group()
-            _forget_deepspeed_groups()
+        groups.release()
 
 
-def _forget_deepspeed_groups() -> None:
-    """DeepSpeed caches sub-groups of the world group; drop them with it so a later run in this process
-    (local launcher, notebooks, tests) builds fresh ones instead of using destroyed ones."""
-    from deepspeed.utils import groups
+def check_device(spec: WorkerSpec) -> None:
+    """bf16 needs a GPU that has it: checked here too, for drivers (Ray) that see no GPU themselves."""
+    if spec.bf16 and spec.use_gpu and not torch.cuda.is_bf16_supported(including_emulation=False):
+        from s3ft.errors import ConfigError
 
-    for name in ("_WORLD_GROUP", "_ZERO_PARAM_INTRA_PARALLEL_GROUP", "_TENSOR_MODEL_PARALLEL_GROUP",
-                 "_MODEL_PARALLEL_GROUP", "_DATA_PARALLEL_GROUP"):
-        if hasattr(groups, name):
-            setattr(groups, name, None)
-    for name in ("_EXPERT_PARALLEL_GROUP", "_EXPERT_PARALLEL_GROUP_RANKS", "_EXPERT_DATA_PARALLEL_GROUP",
-                 "_EXPERT_DATA_PARALLEL_GROUP_RANKS", "_ALL_TO_ALL_GROUP"):
-        if isinstance(getattr(groups, name, None), dict):
-            getattr(groups, name).clear()
+        raise ConfigError(f"train.bf16 is on, but this GPU ({torch.cuda.get_device_name()}) has no bf16 support "
+                          "(it needs compute capability 8.0: A100, H100, L4 ...); set train.bf16: false to train in "
+                          "fp32")
+
+
+@dataclass
+class Session:
+    """What the phases of a rank's run share: settings, data, plan, engine, and where it starts."""
+
+    spec: WorkerSpec
+    cfg: TrainConfig
+    run_dir: Path
+    rank: int
+    world: int
+    device: torch.device
+    data: TokenizedSet
+    eval_data: TokenizedSet | None
+    steps: list[Step]
+    tokenizer: Any
+    pad_id: int
+    engine: Any
+    scheduler: Any
+    zero3_handle: Any
+    flops: Any  # metrics.FlopCounts
+    start: int  # steps already done (resume)
+    meta: dict[str, Any]
 
 
 def _train(spec: WorkerSpec, cfg: TrainConfig, run_dir: Path, rank: int, world: int, device: torch.device) -> None:
-    import deepspeed.comm as dist
+    """setup → train → export → cleanup."""
+    session = _setup(spec, cfg, run_dir, rank, world, device)
+    _run_steps(session)
+    _export(session.engine, spec, cfg, session.tokenizer, run_dir, rank)
+    del session.zero3_handle
+    session.engine.destroy()
+
+
+def _setup(spec: WorkerSpec, cfg: TrainConfig, run_dir: Path, rank: int, world: int, device: torch.device) -> Session:
+    """The prepared rows, the plan, the tokenizer, the engine, and the checkpoint to continue from."""
     from transformers import AutoTokenizer
 
-    from s3ft.train import metrics
-    from s3ft.train.model import nll_sum
+    from s3ft.train import groups, metrics
+    from s3ft.train.model import count_parameters
 
     train_file, eval_file = data_files(run_dir)
     data = TokenizedSet.load(train_file)
-    eval_data = TokenizedSet.load(eval_file) if eval_file.is_file() else None
+    eval_data = TokenizedSet.load(eval_file) if eval_file.is_dir() else None
     steps = plan_steps(data, world_size=world, grad_accum=cfg.grad_accum, budget=cfg.micro_batch_tokens,
                        packing=cfg.packing, seed=cfg.seed, epochs=cfg.epochs, max_steps=cfg.max_steps)
     fingerprint = plan_fingerprint(steps, data)
     tokenizer = AutoTokenizer.from_pretrained(spec.model_path)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
-    engine, scheduler, zero3_handle, n_params = _build_engine(spec, cfg, world, len(steps))
-
-    ckpt_root, start = run_dir / "checkpoints", 0
-    found = checkpoint.latest(ckpt_root) if cfg.resume else None
+    engine, scheduler, zero3_handle = _build_engine(spec, cfg, world, len(steps))
+    n_groups = groups.apply_timeout(cfg.collective_timeout_s)  # DeepSpeed's own groups too
+    start = 0
+    found = checkpoint.latest(run_dir / "checkpoints") if cfg.resume else None
     if found is not None:
         start, path, meta = found
         checkpoint.check_resumable(meta, world_size=world, fingerprint=fingerprint, path=path)
         checkpoint.load(engine, path, rank=rank)
-    meta = {"world_size": world, "plan": fingerprint, "total_steps": len(steps)}
-
-    reporter = metrics.Reporter(run_dir / "logs", enabled=rank == 0, cfg=cfg, total_steps=len(steps),
-                                start_step=start)
-    mcfg = engine.module.config
-    attn_dim = getattr(mcfg, "num_attention_heads", 0) * getattr(mcfg, "head_dim", 0) or getattr(mcfg, "hidden_size", 0)
-    peak = metrics.peak_tflops(cfg.peak_tflops, spec.use_gpu)
-    crash_at = int(os.environ.get(CRASH_ENV, "0"))
-    lengths = data.lengths()
+    flops = metrics.flop_counts(engine.module)
     if rank == 0:
+        n_params = count_parameters(engine.module)
         print(f"train: {len(data)} rows ({len(eval_data) if eval_data else 0} held out), {len(steps)} steps from "
               f"step {start}, {world} rank(s), {'packed' if cfg.packing else 'padded'} micro batches of "
-              f"<= {cfg.micro_batch_tokens} tokens, {n_params / 1e6:.1f}M parameters", flush=True)
-    engine.train()
+              f"<= {cfg.micro_batch_tokens} tokens, {n_params / 1e6:.1f}M parameters, collective timeout "
+              f"{cfg.collective_timeout_s} s on {n_groups} process group(s)", flush=True)
+    return Session(spec, cfg, run_dir, rank, world, device, data, eval_data, steps, tokenizer, pad_id, engine,
+                   scheduler, zero3_handle, flops, start,
+                   {"world_size": world, "plan": fingerprint, "total_steps": len(steps)})
+
+
+def _run_steps(s: Session) -> None:
+    """Every remaining step: micro batches, the logged metrics, evals and checkpoints."""
+    from s3ft.train import metrics
+
+    cfg, total = s.cfg, len(s.steps)
+    reporter = metrics.Reporter(s.run_dir / "logs", enabled=s.rank == 0, cfg=cfg, total_steps=total,
+                                start_step=s.start)
+    peak = metrics.peak_tflops(cfg.peak_tflops, s.spec.use_gpu)
+    crash_at = int(os.environ.get(CRASH_ENV, "0"))
+    s.engine.train()
     try:
-        for index in range(start, len(steps)):
-            step, number = steps[index], index + 1
-            t0 = time.perf_counter()
-            lr = scheduler.get_last_lr()[0]
-            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-            for k, mb in enumerate(step.for_rank(rank, world)):
-                torch.manual_seed(_dropout_seed(cfg.seed, number, rank + k * world))
-                batch = micro_batch_tensors(data, mb, cfg, pad_id, device)
-                nll = nll_sum(engine, batch)
-                loss_sum += nll.detach().double()
-                engine.backward(nll * (world * cfg.grad_accum) / step.target_tokens)
-                engine.step()
-            dist.all_reduce(loss_sum)
-            elapsed = time.perf_counter() - t0
-            row_lens = lengths[step.rows()]
-            tokens = int(row_lens.sum())
-            values = {"loss": loss_sum.item() / step.target_tokens, "lr": lr,
-                      "grad_norm": _float(engine.get_global_grad_norm()),
-                      "tokens_per_s": tokens / elapsed, "tokens": tokens, "target_tokens": step.target_tokens,
-                      "step_time": elapsed, "epoch": step.epoch}
-            if peak:
-                flops = metrics.train_flops(n_params, tokens, int((row_lens.astype("int64") ** 2).sum()),
-                                            getattr(mcfg, "num_hidden_layers", 0), attn_dim)
-                values["mfu"] = flops / elapsed / (peak * 1e12 * world)
-            logged = number % cfg.log_every == 0 or number == len(steps)
-            reporter.step(number, values if logged else None, [data.ids[i] for i in step.rows()])
-            saving = bool(cfg.save_every) and (number % cfg.save_every == 0 or number == len(steps))
-            evaluating = number == len(steps) or saving or (cfg.eval_every and number % cfg.eval_every == 0)
-            if eval_data is not None and evaluating:
-                reporter.eval(number, _evaluate(engine, eval_data, cfg, rank, world, pad_id, device))
+        for index in range(s.start, total):
+            step, number = s.steps[index], index + 1
+            values = _train_step(s, step, number, peak)
+            logged = number % cfg.log_every == 0 or number == total
+            reporter.step(number, values if logged else None, [s.data.ids[i] for i in step.rows()])
+            saving = bool(cfg.save_every) and (number % cfg.save_every == 0 or number == total)
+            evaluating = number == total or saving or (cfg.eval_every and number % cfg.eval_every == 0)
+            if s.eval_data is not None and evaluating:
+                reporter.eval(number, _evaluate(s.engine, s.eval_data, cfg, s.rank, s.world, s.pad_id, s.device))
             if saving:
-                checkpoint.save(engine, ckpt_root, number, meta, rank=rank, keep_last=cfg.keep_last)
+                checkpoint.save(s.engine, s.run_dir / "checkpoints", number, s.meta, rank=s.rank,
+                                keep_last=cfg.keep_last)
             if crash_at == number:
                 os._exit(17)
     finally:
         reporter.close()
 
-    _export(engine, spec, cfg, tokenizer, run_dir, rank)
-    del zero3_handle
-    engine.destroy()
+
+def _train_step(s: Session, step: Step, number: int, peak: float | None) -> dict[str, Any]:
+    """One optimizer step on this rank's micro batches; returns the step's metrics (the same on every rank)."""
+    import deepspeed.comm as dist
+
+    from s3ft.train.loss import nll_sum
+
+    cfg, world = s.cfg, s.world
+    t0 = time.perf_counter()
+    lr = s.scheduler.get_last_lr()[0]
+    loss_sum = torch.zeros((), dtype=torch.float64, device=s.device)
+    for k, mb in enumerate(step.for_rank(s.rank, world)):
+        torch.manual_seed(_dropout_seed(cfg.seed, number, s.rank + k * world))
+        batch = micro_batch_tensors(s.data, mb, cfg, s.pad_id, s.device)
+        nll = nll_sum(s.engine, batch)
+        loss_sum += nll.detach().double()
+        s.engine.backward(nll * (world * cfg.grad_accum) / step.target_tokens)
+        s.engine.step()
+    dist.all_reduce(loss_sum)
+    if s.device.type == "cuda":
+        torch.cuda.synchronize(s.device)  # kernels run ahead of the host: time the work, not its launch
+    elapsed = time.perf_counter() - t0
+    row_lens = s.data.lengths()[step.rows()].astype("int64")
+    tokens = int(row_lens.sum())
+    values = {"loss": loss_sum.item() / step.target_tokens, "lr": lr,
+              "grad_norm": _float(s.engine.get_global_grad_norm()), "tokens_per_s": tokens / elapsed,
+              "tokens": tokens, "target_tokens": step.target_tokens, "step_time": elapsed, "epoch": step.epoch}
+    if peak:
+        flops = s.flops.step(tokens, step.target_tokens, int((row_lens**2).sum()))
+        values["mfu"] = flops / elapsed / (peak * 1e12 * world)
+    return values
 
 
 def _build_engine(spec: WorkerSpec, cfg: TrainConfig, world: int, total_steps: int):
-    """(engine, lr scheduler, ZeRO-3 handle to keep alive, parameter count): model, AdamW, cosine schedule."""
+    """(engine, lr scheduler, ZeRO-3 handle to keep alive): model, AdamW, cosine schedule."""
     import deepspeed
 
     from s3ft.train.dsconfig import resolve_deepspeed_config
-    from s3ft.train.model import build_optimizer, count_parameters, load_model, lr_lambda, param_groups
+    from s3ft.train.model import build_optimizer, load_model, lr_lambda, param_groups
 
     ds_config = resolve_deepspeed_config(cfg, world_size=world, bf16=spec.bf16, hidden_size=spec.hidden_size)
     torch.manual_seed(cfg.seed)
     model, zero3_handle = load_model(spec.model_path, cfg, ds_config, torch.bfloat16 if spec.bf16 else torch.float32)
-    n_params = count_parameters(model)
     groups = param_groups(model, cfg.weight_decay)
     optimizer = None if "optimizer" in ds_config else build_optimizer(groups, cfg, spec.use_gpu)
     schedule = lr_lambda(total_steps, cfg.warmup_ratio, cfg.min_lr_ratio)
@@ -186,7 +202,7 @@ def _build_engine(spec: WorkerSpec, cfg: TrainConfig, world: int, total_steps: i
         model=model, optimizer=optimizer, model_parameters=groups if optimizer is None else None,
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule), config=ds_config,
     )
-    return engine, scheduler, zero3_handle, n_params
+    return engine, scheduler, zero3_handle
 
 
 def _export(engine, spec: WorkerSpec, cfg: TrainConfig, tokenizer, run_dir: Path, rank: int) -> None:
@@ -221,7 +237,7 @@ def _evaluate(engine, data: TokenizedSet, cfg: TrainConfig, rank: int, world: in
     import deepspeed.comm as dist
 
     from s3ft.train.batching import epoch_micro_batches
-    from s3ft.train.model import nll_sum
+    from s3ft.train.loss import nll_sum
 
     mbs = epoch_micro_batches(data, 0, cfg.seed, cfg.micro_batch_tokens, cfg.packing)
     mbs += [()] * (-len(mbs) % world)
@@ -231,7 +247,7 @@ def _evaluate(engine, data: TokenizedSet, cfg: TrainConfig, rank: int, world: in
         for mb in mbs[rank::world]:
             batch = micro_batch_tensors(data, mb, cfg, pad_id, device)
             totals[0] += nll_sum(engine, batch).double()
-            totals[1] += int((batch["labels"] != -100).sum())
+            totals[1] += batch["labelled"].numel()
     engine.train()
     dist.all_reduce(totals)
     loss = (totals[0] / totals[1].clamp(min=1)).item()
@@ -239,9 +255,12 @@ def _evaluate(engine, data: TokenizedSet, cfg: TrainConfig, rank: int, world: in
 
 
 def micro_batch_tensors(data: TokenizedSet, mb, cfg: TrainConfig, pad_id: int, device: torch.device) -> dict:
-    """The collated micro batch on `device`, as one sequence for flash-attention kernels (see `flatten`)."""
+    """The collated micro batch on `device`, as one sequence for flash-attention kernels (see `flatten`), with the
+    flat indices of its labelled positions (found here on the CPU, so the loss needs no host sync)."""
     batch = collate(data, mb, pad_id=pad_id)
-    return _to(flatten(batch) if is_flash_attention(cfg.attn_implementation) else batch, device)
+    batch = flatten(batch) if is_flash_attention(cfg.attn_implementation) else batch
+    batch["labelled"] = torch.nonzero(batch["labels"].reshape(-1) != IGNORE).flatten()
+    return _to(batch, device)
 
 
 def _dropout_seed(seed: int, step: int, micro_batch: int) -> int:
@@ -250,7 +269,8 @@ def _dropout_seed(seed: int, step: int, micro_batch: int) -> int:
 
 
 def _to(batch: dict, device: torch.device) -> dict:
-    return {k: (v.to(device, non_blocking=True) if v is not None else None) for k, v in batch.items()}
+    """Tensors to `device` (no host sync); plain values (flash's max lengths) stay Python ints."""
+    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 
 def _float(x) -> float | None:

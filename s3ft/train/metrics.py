@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +33,60 @@ def peak_tflops(configured: float | None, on_gpu: bool) -> float | None:
     return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
 
 
-def train_flops(n_params: int, tokens: int, sum_sq_len: int, n_layers: int, attn_dim: int) -> float:
-    """Forward + backward FLOPs: 6 per parameter per token plus causal attention (6 * layers * dim * len^2)."""
-    return 6.0 * n_params * tokens + 6.0 * n_layers * attn_dim * sum_sq_len
+@dataclass(frozen=True)
+class FlopCounts:
+    """Training FLOPs per token of a model, from its parameters, for the MFU estimate.
+
+    A weight costs 2 FLOPs per token forward, 2 for the input gradient and 2 for its own gradient: 6 when
+    it trains, 4 when frozen (LoRA's base weights). Input embeddings are lookups (no FLOPs); MoE expert
+    weights count by the share of experts a token visits; the LM head runs on target tokens only (see
+    loss.py). Causal attention adds 6 * layers * heads * head_dim * len^2 per row (QK^T and AV at 2 FLOPs
+    per multiply-add over half the square, x3 for training). Recomputation under gradient checkpointing is not counted, as usual.
+    """
+
+    body: float  # FLOPs per token of every weight but the embedding and the head
+    head: float  # FLOPs per target token of the LM head
+    layers: int
+    attn_dim: int  # heads x head_dim
+
+    def step(self, tokens: int, target_tokens: int, sum_sq_len: int) -> float:
+        """FLOPs of a step over `tokens` tokens (`target_tokens` with a label) in rows whose squared lengths sum
+        to `sum_sq_len`."""
+        return self.body * tokens + self.head * target_tokens + 6.0 * self.layers * self.attn_dim * sum_sq_len
+
+
+def attention_shape(config) -> tuple[int, int]:
+    """(layers, heads x head_dim) of a transformers config; head_dim falls back to hidden / heads (it is None
+    in some configs, e.g. Mixtral's)."""
+    config = getattr(config, "text_config", None) or config
+    heads = getattr(config, "num_attention_heads", None) or 0
+    hidden = getattr(config, "hidden_size", None) or 0
+    head_dim = getattr(config, "head_dim", None) or (hidden // heads if heads else 0)
+    return int(getattr(config, "num_hidden_layers", None) or 0), int(heads * head_dim)
+
+
+def expert_share(config) -> float:
+    """The share of a MoE layer's experts one token visits (1 for dense models)."""
+    config = getattr(config, "text_config", None) or config
+    per_token = getattr(config, "num_experts_per_tok", None)
+    experts = getattr(config, "num_local_experts", None) or getattr(config, "num_experts", None)
+    return per_token / experts if per_token and experts else 1.0
+
+
+def flop_counts(model) -> FlopCounts:
+    """FlopCounts of a causal LM (or a peft model around one); ZeRO-3 partitioned weights count whole."""
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    embed, head = lm.get_input_embeddings().weight, lm.get_output_embeddings().weight
+    share = expert_share(lm.config)
+    body = head_flops = 0.0
+    for name, p in lm.named_parameters(remove_duplicate=True):
+        per_weight = 6.0 if p.requires_grad else 4.0
+        numel = getattr(p, "ds_numel", p.numel())
+        if p is head:
+            head_flops = per_weight * numel
+        elif p is not embed:
+            body += per_weight * numel * (share if ".experts." in f".{name}." else 1.0)
+    return FlopCounts(body, head_flops, *attention_shape(lm.config))
 
 
 def truncate_jsonl(path: Path, last_step: int) -> None:

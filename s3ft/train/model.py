@@ -1,4 +1,4 @@
-"""The model on each rank: loaded under ZeRO-3 init, optional LoRA, optimizer groups, the loss.
+"""The model on each rank: loaded under ZeRO-3 init, optional LoRA, optimizer groups, the schedule.
 
 `HfDeepSpeedConfig` must be alive while `from_pretrained` runs, so transformers creates every weight
 already partitioned across ranks (a 70B model never sits whole on one GPU); the caller keeps the
@@ -11,10 +11,8 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from s3ft.config.train import TrainConfig
-from s3ft.train.batching import IGNORE
 
 
 def load_model(model_path: str, cfg: TrainConfig, ds_config: dict[str, Any], dtype: torch.dtype):
@@ -68,17 +66,4 @@ def lr_lambda(total_steps: int, warmup_ratio: float, min_lr_ratio: float):
         return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
     return factor
-
-
-def nll_sum(model, batch: dict[str, torch.Tensor | None]) -> torch.Tensor:
-    """Summed negative log-likelihood of the labelled tokens (labels already shifted), in fp32."""
-    out = model(
-        input_ids=batch["input_ids"],
-        position_ids=batch["position_ids"],
-        use_cache=False,
-    )
-    logits = out.logits
-    return F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]).float(), batch["labels"].reshape(-1), ignore_index=IGNORE, reduction="sum"
-    )
 

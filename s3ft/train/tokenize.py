@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,12 +17,17 @@ import numpy as np
 from s3ft.errors import DataError
 from s3ft.models.chat import Messages, encode_examples
 
+ARRAYS = ("ids", "tokens", "offsets", "prompt_lens")
+
 
 @dataclass
 class TokenizedSet:
-    """Rows as one flat token array: row i is tokens[offsets[i]:offsets[i+1]], its first prompt_lens[i] are prompt."""
+    """Rows as one flat token array: row i is tokens[offsets[i]:offsets[i+1]], its first prompt_lens[i] are prompt.
 
-    ids: list[str]
+    Saved as one .npy file per array in a folder; `load` memory-maps them, so every rank of a node reads
+    the same pages from the page cache instead of holding its own copy of the dataset."""
+
+    ids: np.ndarray  # str (numpy unicode), one per row
     tokens: np.ndarray  # int32, all rows back to back
     offsets: np.ndarray  # int64, len(ids) + 1
     prompt_lens: np.ndarray  # int32
@@ -39,26 +45,28 @@ class TokenizedSet:
         return int(self.offsets[i + 1] - self.offsets[i] - self.prompt_lens[i])
 
     def subset(self, index: list[int] | np.ndarray) -> TokenizedSet:
+        index = np.asarray(index, dtype=np.int64)
         rows = [self.row(i) for i in index]
         lens = np.array([len(r) for r in rows], dtype=np.int64)
         return TokenizedSet(
-            ids=[self.ids[i] for i in index],
+            ids=self.ids[index],
             tokens=np.concatenate(rows).astype(np.int32) if rows else np.zeros(0, np.int32),
             offsets=np.concatenate([[0], np.cumsum(lens)]).astype(np.int64),
-            prompt_lens=self.prompt_lens[np.asarray(index, dtype=np.int64)].astype(np.int32),
+            prompt_lens=self.prompt_lens[index].astype(np.int32),
         )
 
-    def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, ids=np.array(self.ids, dtype=object), tokens=self.tokens, offsets=self.offsets,
-                 prompt_lens=self.prompt_lens)
-        tmp.replace(path)
+    def save(self, folder: Path) -> None:
+        """One .npy per array, each written to a temporary name and renamed: a reader never sees half a file."""
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in ARRAYS:
+            tmp = folder / f"{name}.{os.getpid()}.tmp.npy"
+            np.save(tmp, np.asarray(getattr(self, name)))
+            tmp.replace(folder / f"{name}.npy")
 
     @classmethod
-    def load(cls, path: Path) -> TokenizedSet:
-        with np.load(path, allow_pickle=True) as z:
-            return cls([str(i) for i in z["ids"]], z["tokens"], z["offsets"], z["prompt_lens"])
+    def load(cls, folder: Path) -> TokenizedSet:
+        """The saved arrays, memory-mapped read-only (nothing is copied into this process)."""
+        return cls(**{name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in ARRAYS})
 
 
 @dataclass
@@ -172,7 +180,7 @@ def tokenize_rows(tokenizer, path: Path, *, max_seq_len: int, truncation: str,
             "no rows to train on" + (f" ({stats.dropped} dropped as too long)" if stats.dropped else ""), file=str(path)
         )
     lens = np.array([len(c) for c in seqs], dtype=np.int64)
-    data = TokenizedSet(ids, np.concatenate(seqs), np.concatenate([[0], np.cumsum(lens)]).astype(np.int64),
+    data = TokenizedSet(np.array(ids, dtype=str), np.concatenate(seqs), np.concatenate([[0], np.cumsum(lens)]).astype(np.int64),
                         np.array(prompt_lens, dtype=np.int32))
     return data, stats
 
