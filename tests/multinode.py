@@ -42,6 +42,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 NODE_START_TIMEOUT_S = 120.0
 HEAD_ADDRESS = "127.0.0.2"
@@ -201,6 +202,18 @@ class Rig:
         self.wait_until_dead(name)
         self.start_node(node, head=name == HEAD_NAME)
         self.wait_for_nodes()
+
+    def ray_list(self, kind: str, *filters: str) -> list[dict[str, Any]]:
+        """`ray list KIND --detail` (actors, tasks, placement-groups ...), dead ones included: where things ran."""
+        cmd = ["ray", "list", kind, "--address", self.dashboard, "--format", "json", "--detail", "--limit", "10000"]
+        for f in filters:
+            cmd += ["--filter", f]
+        out = subprocess.run(cmd, env=self.client_env(), capture_output=True, text=True, timeout=120, check=True)
+        return json.loads(out.stdout) if out.stdout.lstrip().startswith("[") else []  # else "No resource ..."
+
+    def node_ips(self) -> dict[str, str]:
+        """node_id → address, for every node Ray has known (dead ones too)."""
+        return {n["node_id"]: n["node_ip"] for n in self.ray_nodes()}
 
     def kill_node(self, name: str) -> None:
         """The node dies as a machine does: every one of its processes, at once (SIGKILL to its pid namespace)."""
