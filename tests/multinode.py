@@ -48,8 +48,10 @@ NODE_START_TIMEOUT_S = 120.0
 HEAD_ADDRESS = "127.0.0.2"
 HEAD_NAME = "s3ft-head"
 # The GCS declares a silent node dead after ~3 s instead of Ray's default ~30 s: the fault tests wait less.
-HEALTH_CHECKS = {"RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "1000",
-                 "RAY_health_check_failure_threshold": "3"}
+# Ray's memory monitor is off: every node sees the whole machine's memory, so it would kill one node's
+# workers for what other nodes (or other programs on the machine) use.
+NODE_ENV = {"RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "1000",
+            "RAY_health_check_failure_threshold": "3", "RAY_memory_monitor_refresh_ms": "0"}
 
 
 def missing_requirements() -> str | None:
@@ -135,7 +137,7 @@ class Rig:
             # setpriv: SIGKILL when the process that started it dies (even by SIGKILL)
             ["setpriv", "--pdeathsig", "KILL", "unshare", "--pid", "--fork", "--kill-child", "--mount", "--mount-proc", "--propagation", "private",
              "--uts", "sh", "-c", script, "node", *args],
-            env=self.client_env() | HEALTH_CHECKS, stdout=log, stderr=subprocess.STDOUT,
+            env=self.client_env() | NODE_ENV, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         self.nodes[node.name] = node

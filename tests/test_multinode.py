@@ -53,3 +53,11 @@ def test_a_killed_node_leaves_no_process_and_comes_back(multinode_rig: Rig) -> N
     rig.restart_node("s3ft-node2")
     alive = sorted(n["node_ip"] for n in rig.ray_nodes() if n["state"] == "ALIVE")
     assert alive == ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
+
+
+def test_a_node_that_never_joins_is_named_in_bounded_time(multinode_rig: Rig) -> None:
+    out = subprocess.run(["s3ft", "wait-cluster", "--address", multinode_rig.gcs_address, "--nodes", "4",
+                          "--timeout", "5"], env=multinode_rig.client_env(), check=False, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 2
+    assert f"Ray cluster at {multinode_rig.gcs_address} not ready after 5 s: 3 of 4 node(s) alive" in out.stderr

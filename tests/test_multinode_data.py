@@ -1,10 +1,9 @@
-"""The data engine across the rig's nodes (a head without CPUs, two 1-CPU workers): the engines take
-every CPU, and the judges still run — in the engines' CPUs, on both nodes; work that cannot be
-scheduled at all is named within a minute, with what holds the resources."""
+"""Nothing waits in silence: on the rig (a head without CPUs, two 1-CPU workers), work that cannot be
+scheduled is named within a minute, with what holds the resources. (That the judges run while the
+engines hold every CPU is checked by the whole job, tests/test_multinode_run.py.)"""
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -42,29 +41,6 @@ def s3ft(rig: Rig, *args: str, **popen: object) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "s3ft.cli", *args], env=env, text=True, **popen)
 
 
-def test_judges_run_while_the_engines_hold_every_cpu(multinode_rig: Rig, tmp_path: Path, tiny_model_dir: Path) -> None:
-    rig = multinode_rig
-    seen_before = {t["task_id"] for t in rig.ray_list("tasks", "name=judge_rows")}
-    out = tmp_path / "data_run"
-    proc = s3ft(rig, "data", str(data_config(tmp_path, tiny_model_dir, out)),
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    started = time.monotonic()
-    log, _ = proc.communicate(timeout=900)
-    assert proc.returncode == 0, log[-4000:]
-    print(f"s3ft data on the rig: {time.monotonic() - started:.0f} s")
-    ids = [json.loads(line)["id"] for line in (out / "data" / "merged.jsonl").read_text().splitlines()]
-    assert len(ids) == len(set(ids)) == 8
-
-    ips = rig.node_ips()
-    engines = [a for a in rig.ray_list("actors", "class_name=_EngineActor") if a["job_id"] and a["state"] == "DEAD"]
-    engine_ips = sorted(ips[a["node_id"]] for a in engines[-2:])
-    assert engine_ips == ["127.0.0.3", "127.0.0.4"]  # one engine per 1-CPU node: they hold every CPU
-    judged = [t for t in rig.ray_list("tasks", "name=judge_rows") if t["task_id"] not in seen_before]
-    assert judged and all(t["state"] == "FINISHED" for t in judged)
-    assert {ips[t["node_id"]] for t in judged} == {"127.0.0.3", "127.0.0.4"}  # in the engines' CPUs, both nodes
-    assert "nothing finished for" not in log  # never stuck
-
-
 def test_work_that_cannot_be_scheduled_is_named_within_a_minute(multinode_rig: Rig, tmp_path: Path,
                                                                 tiny_model_dir: Path) -> None:
     """Three engines of one CPU on two 1-CPU nodes: the third cannot be placed; the run says so, and why."""
@@ -95,3 +71,20 @@ def test_work_that_cannot_be_scheduled_is_named_within_a_minute(multinode_rig: R
     assert "generate: " in said and "a placement group of ['{CPU: 1}'] (STRICT_PACK)" in said
     assert "127.0.0.3 {CPU: 0} of {CPU: 1}" in said and "127.0.0.4 {CPU: 0} of {CPU: 1}" in said
     assert "'s3ft engine 1'" in said and "'s3ft engine 2'" in said and "generation.num_engines" in said
+
+
+def test_an_output_dir_that_is_not_shared_is_refused_naming_the_node(multinode_rig: Rig, tmp_path: Path,
+                                                                    tiny_model_dir: Path) -> None:
+    """s3ft-node2 has a private directory where the others see the real one: refused before any work."""
+    rig = multinode_rig
+    out = Path(rig.nodes["s3ft-node2"].private_dirs[0]) / "run"
+    proc = s3ft(rig, "data", str(data_config(tmp_path, tiny_model_dir, out)),
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    started = time.monotonic()
+    _, err = proc.communicate(timeout=300)
+    print(f"refused in {time.monotonic() - started:.0f} s: {err.strip().splitlines()[-1]}")
+    assert proc.returncode == 2, err[-3000:]
+    assert f"output_dir {out} is not the same directory on every node of the Ray cluster" in err
+    assert "node s3ft-node2 (127.0.0.4): does not see the file the driver wrote there" in err
+    assert "s3ft-node1" not in err and "s3ft-head" not in err
+    assert not (out / "stages").exists()  # refused before any work
