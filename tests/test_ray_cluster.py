@@ -58,3 +58,22 @@ def test_wait_cluster_names_what_is_missing(ray_session: None) -> None:
     assert out.returncode == 2
     assert f"Ray cluster at {address} not ready after 3 s: 1 of 2 node(s) alive" in out.stderr
     assert "job agent not registered" in out.stderr
+
+
+@pytest.mark.slow
+def test_an_unreachable_head_is_a_clear_error_in_bounded_time(tmp_path) -> None:
+    """RAY_ADDRESS names a head where nothing listens: `ray.init` alone would retry for ever."""
+    import time
+
+    config = tmp_path / "c.yaml"
+    config.write_text(f"output_dir: {tmp_path / 'run'}\nmodel: {{path: {tmp_path / 'model'}}}\n"
+                      "data: {path: configs/data/gsm8k_sample.jsonl, task: gsm8k}\n")
+    address = f"127.0.0.9:{free_port()}"
+    env = os.environ | {"RAY_ADDRESS": address, "S3FT_CONNECT_TIMEOUT_S": "3"}
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "s3ft.cli", "data", str(config)], env=env, check=False,
+                         capture_output=True, text=True, timeout=120)
+    took = time.monotonic() - started
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert f"cannot reach the Ray head at {address} (RAY_ADDRESS) in 3 s: Connection refused" in out.stderr
+    assert took < 60, took

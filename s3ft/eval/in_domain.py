@@ -55,7 +55,7 @@ def evaluate_in_domain(cfg: Config, label: str, model_path: str) -> dict[str, An
     with contextlib.ExitStack() as stack:
         pool = lazy_pool(stack, cfg.model.model_copy(update={"path": model_path}), gen)
         run_stage(loaded, generated, generate_into(pool, greedy, "response", prompt, first=True), f"eval {label}: generate")
-        run_stage(generated, judged, judge_into(cfg.judge, "response", "verdict"), f"eval {label}: judge")
+        run_stage(generated, judged, judge_into(cfg.judge, "response", "verdict", pool.cpu_slots), f"eval {label}: judge")
 
     correct = total = 0
 

@@ -11,21 +11,31 @@ from typing import Any
 
 from s3ft.config import GenerationConfig, ModelConfig
 from s3ft.generation.base import Sampling
+from s3ft.runtime.lending import CpuSlot
 from s3ft.runtime.stage import Mapper, Shard
 
 
-def lazy_pool(stack: contextlib.ExitStack, model: ModelConfig, gen: GenerationConfig) -> Callable[[], Any]:
-    """Engines start only when a stage has work left: a finished run re-run starts none."""
-    holder: list[Any] = []
+class LazyPool:
+    """Engines start only when a stage has work left: a finished run re-run starts none.
+    `pool()` starts them (once); `pool.cpu_slots()` lends their CPUs to the judges, none before they start."""
 
-    def get() -> Any:
-        if not holder:
+    def __init__(self, stack: contextlib.ExitStack, model: ModelConfig, gen: GenerationConfig) -> None:
+        self._stack, self._model, self._gen = stack, model, gen
+        self._pool: Any = None
+
+    def __call__(self) -> Any:
+        if self._pool is None:
             from s3ft.generation.ray_pool import GenerationPool
 
-            holder.append(stack.enter_context(GenerationPool(model, gen)))
-        return holder[0]
+            self._pool = self._stack.enter_context(GenerationPool(self._model, self._gen))
+        return self._pool
 
-    return get
+    def cpu_slots(self) -> list[CpuSlot]:
+        return self._pool.cpu_slots() if self._pool is not None else []
+
+
+def lazy_pool(stack: contextlib.ExitStack, model: ModelConfig, gen: GenerationConfig) -> LazyPool:
+    return LazyPool(stack, model, gen)
 
 
 def generate_into(

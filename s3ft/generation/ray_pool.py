@@ -7,7 +7,8 @@ died is redone on a fresh actor — every key comes back exactly once.
 Each engine lives in its own placement group, so its resources are reserved as one unit and handed
 back as one unit: on GPU `tensor_parallel_size` bundles of one GPU on one node (vLLM's Ray executor
 places its TP workers in them); on CPU one bundle of `cpus_per_engine` CPUs (without a placement
-group, vLLM on Ray waits for a GPU that never comes).
+group, vLLM on Ray waits for a GPU that never comes). The engine actor claims none of its bundles'
+CPUs itself: while the engines wait between stages, the judges run in those CPUs (`cpu_slots`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from s3ft.config import GenerationConfig, ModelConfig
 from s3ft.errors import ConfigError, S3FTError
 from s3ft.generation.base import Sampling
 from s3ft.runtime.cluster import require_ray
+from s3ft.runtime.lending import CpuSlot
 
 K = TypeVar("K")
 
@@ -111,6 +113,7 @@ class GenerationPool:
         self.shards_in_flight = shards_in_flight or gen.shards_in_flight
         self.on_gpu = gen.device == "cuda" or (gen.device == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
         self.restarts = 0
+        self._launched = 0
         self._engines: list[_Engine] = []
         try:
             self._engines = [self._launch() for _ in range(gen.num_engines)]
@@ -124,6 +127,12 @@ class GenerationPool:
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
+
+    def cpu_slots(self) -> list[CpuSlot]:
+        """The engines' CPUs, for CPU tasks to run in while the engines are idle (one slot per bundle)."""
+        return [CpuSlot(PlacementGroupSchedulingStrategy(placement_group=e.group, placement_group_bundle_index=i),
+                        bundle["CPU"])
+                for e in self._engines for i, bundle in enumerate(self._bundles()) if bundle.get("CPU")]
 
     @property
     def actors(self) -> list[Any]:
@@ -167,10 +176,11 @@ class GenerationPool:
         return quiet | {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": threads}
 
     def _launch(self) -> _Engine:
-        group = placement_group(self._bundles(), strategy="STRICT_PACK")
+        self._launched += 1
+        group = placement_group(self._bundles(), strategy="STRICT_PACK", name=f"s3ft engine {self._launched}")
         holds_gpu = self.on_gpu and self.gen.tensor_parallel_size == 1
         actor = _EngineActor.options(
-            num_cpus=self._bundles()[0]["CPU"],
+            num_cpus=0,  # the bundle reserves them; judges borrow them between generation stages
             num_gpus=1 if holds_gpu else 0,
             max_concurrency=self.shards_in_flight,
             scheduling_strategy=PlacementGroupSchedulingStrategy(

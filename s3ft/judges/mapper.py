@@ -7,11 +7,13 @@ from typing import Any
 
 from s3ft.config import JudgeConfig
 from s3ft.judges.run import judge_shards
+from s3ft.runtime.lending import Lender
 from s3ft.runtime.stage import Mapper, Shard
 
 
-def judge_into(cfg: JudgeConfig, field: str, verdict_field: str) -> Mapper:
-    """Judge each response in `field` (a list, or one text, or None) into `verdict_field`."""
+def judge_into(cfg: JudgeConfig, field: str, verdict_field: str, lender: Lender | None = None) -> Mapper:
+    """Judge each response in `field` (a list, or one text, or None) into `verdict_field`; `lender`: the
+    CPUs of idle engines that judges may use when no other CPU is free (`s3ft.runtime.lending`)."""
 
     def mapper(items: Iterable[Shard]) -> Iterator[Shard]:
         waiting: dict[int, list[dict[str, Any]]] = {}
@@ -21,7 +23,7 @@ def judge_into(cfg: JudgeConfig, field: str, verdict_field: str) -> Mapper:
                 waiting[index] = rows
                 yield index, [{**row, "response": r} for row in rows for r in _responses(row[field])]
 
-        for index, verdicts in judge_shards(cfg, feed()):
+        for index, verdicts in judge_shards(cfg, feed(), lender):
             rows = waiting.pop(index)
             it = iter(verdicts)
             for row in rows:

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from s3ft.config import JudgeConfig
 from s3ft.judges.base import Judge, Verdict, build_judge
+from s3ft.runtime.lending import Lender, borrow
 
 K = TypeVar("K")
 
@@ -39,9 +40,12 @@ def judge_rows(cfg: JudgeConfig, rows: list[dict[str, Any]]) -> list[dict[str, A
 
 
 def judge_shards(
-    cfg: JudgeConfig, items: Iterable[tuple[K, list[dict[str, Any]]]]
+    cfg: JudgeConfig, items: Iterable[tuple[K, list[dict[str, Any]]]], lender: Lender | None = None
 ) -> Iterator[tuple[K, list[dict[str, Any]]]]:
-    """Verdict dicts for each (key, rows), yielded as shards finish; at most a few shards in flight per CPU."""
+    """Verdict dicts for each (key, rows), yielded as shards finish; at most a few shards in flight per CPU.
+
+    With no CPU free outside placement groups, the tasks run in the CPUs `lender` lends (the idle
+    generation engines'), round robin over its bundles, so judging never waits on CPUs held for ever."""
     import ray
 
     judge = judge_from_config(cfg)
@@ -53,10 +57,13 @@ def judge_shards(
             judge.close()
         return
     remote = ray.remote(num_cpus=1)(judge_rows)
-    limit = 2 * (cfg.num_workers or max(1, int(ray.cluster_resources().get("CPU", 1))))
+    slots = borrow(lender)
+    cpus = sum(int(s.cpus) for s in slots) if slots else int(ray.cluster_resources().get("CPU", 1))
+    limit = 2 * (cfg.num_workers or max(1, cpus))
     running: dict[Any, K] = {}
-    for key, rows in items:
-        running[remote.remote(cfg, rows)] = key
+    for n, (key, rows) in enumerate(items):
+        task = remote.options(scheduling_strategy=slots[n % len(slots)].strategy) if slots else remote
+        running[task.remote(cfg, rows)] = key
         if len(running) >= limit:
             yield from _collect(running, block_for=1)
     while running:

@@ -75,7 +75,7 @@ def _self_and_paraphrase(
         run_stage(loaded, generated, generate_into(pool, sampling, "responses",
                                                     lambda row: render_prompt(tokenizer, row["messages"])),
                   "generate")
-        run_stage(generated, judged, judge_into(cfg.judge, "responses", "verdicts"), "judge")
+        run_stage(generated, judged, judge_into(cfg.judge, "responses", "verdicts", pool.cpu_slots), "judge")
         if cfg.selection.strategy != "s3ft":
             return judged
 
@@ -94,7 +94,7 @@ def _self_and_paraphrase(
 
         run_stage(judged, paraphrased, generate_into(pool, greedy_one, "paraphrase", paraphrase_prompt, first=True),
                   "paraphrase")
-        run_stage(paraphrased, para_judged, judge_into(cfg.judge, "paraphrase", "paraphrase_verdict"), "judge paraphrase")
+        run_stage(paraphrased, para_judged, judge_into(cfg.judge, "paraphrase", "paraphrase_verdict", pool.cpu_slots), "judge paraphrase")
         return para_judged
 
 

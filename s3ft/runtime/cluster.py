@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +18,8 @@ from s3ft.config import RayConfig
 from s3ft.errors import S3FTError
 
 log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = float(os.environ.get("S3FT_CONNECT_TIMEOUT_S", "30"))  # a head that restarts takes seconds
 
 
 @contextmanager
@@ -49,6 +52,7 @@ def _start(settings: RayConfig) -> None:
 
     address = os.environ.get("RAY_ADDRESS")
     if address:
+        check_reachable(address)
         ray.init(address=address, log_to_driver=True, configure_logging=False)
         return
     if settings.dashboard and not _is_loopback(settings.dashboard_host):
@@ -57,6 +61,27 @@ def _start(settings: RayConfig) -> None:
     # A local cluster of our own: no dashboard unless asked, and then on loopback unless told otherwise.
     ray.init(include_dashboard=settings.dashboard, dashboard_host=settings.dashboard_host,
              dashboard_port=settings.dashboard_port, log_to_driver=True, configure_logging=False)
+
+
+def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail within `timeout_s` when nothing answers at a HOST:PORT Ray address: `ray.init` would retry
+    for ever, saying only that it cannot connect. Other address forms (auto, ray://, http://) are left to Ray."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "/" in address:
+        return
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+            return
+        except OSError as exc:
+            if time.monotonic() > deadline:
+                raise S3FTError(
+                    f"cannot reach the Ray head at {address} (RAY_ADDRESS) in {timeout_s:.0f} s: "
+                    f"{exc.strerror or exc}. Is the cluster up (`ray status --address {address}`), and is that "
+                    "port open from this machine? Unset RAY_ADDRESS to run on a local cluster of this machine."
+                ) from None
+            time.sleep(1)
 
 
 def wait_for_cluster(address: str, nodes: int = 1, timeout_s: float = 300.0) -> None:

@@ -1,0 +1,34 @@
+"""CPUs that a placement group reserves and lends while its owner is idle.
+
+The generation engines' placement groups reserve their CPUs for the whole data engine, but the stages
+run one after the other: while the judges run, the engines wait. On nodes whose every CPU an engine
+holds (a 1-CPU node), a judge task asking for a CPU outside those groups would wait for ever; the
+judges run inside the engines' bundles instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class CpuSlot:
+    """`cpus` CPUs of one placement-group bundle; `strategy` schedules a task into it."""
+
+    strategy: Any  # ray.util.scheduling_strategies.PlacementGroupSchedulingStrategy
+    cpus: float
+
+
+Lender = Callable[[], list[CpuSlot]]  # the slots on loan now (none while the lender is not running)
+
+
+def borrow(lender: Lender | None) -> list[CpuSlot]:
+    """The slots to run CPU tasks in, or [] when the cluster has a CPU free outside placement groups."""
+    import ray
+
+    slots = lender() if lender else []
+    if not slots or ray.available_resources().get("CPU", 0) >= 1:
+        return []
+    return slots

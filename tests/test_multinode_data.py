@@ -1,0 +1,90 @@
+"""Nothing waits in silence: on the rig (a head without CPUs, two 1-CPU workers), work that cannot be
+scheduled is named within a minute, with what holds the resources. (That the judges run while the
+engines hold every CPU is checked by the whole job, tests/test_multinode_run.py.)"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.multinode import Rig
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "configs" / "data" / "gsm8k_sample.jsonl"
+
+
+def data_config(tmp_path: Path, model: Path, out: Path, **generation: object) -> Path:
+    config = {
+        "output_dir": str(out),
+        "model": {"path": str(model), "dtype": "float32"},
+        "data": {"path": str(SAMPLE), "task": "gsm8k", "limit": 8},
+        "generation": {"backend": "vllm", "max_tokens": 16, "shard_size": 2, "enforce_eager": True,
+                       "num_engines": 2, **generation},
+        "judge": {"kind": "math"},
+    }
+    path = tmp_path / f"{out.name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def s3ft(rig: Rig, *args: str, **popen: object) -> subprocess.Popen[str]:
+    """An `s3ft` command whose driver joins the rig (from this machine's own address, like a login node)."""
+    env = rig.client_env() | {"RAY_ADDRESS": rig.gcs_address, "S3FT_WATCHDOG_S": "20"}
+    return subprocess.Popen([sys.executable, "-m", "s3ft.cli", *args], env=env, text=True, **popen)
+
+
+def test_work_that_cannot_be_scheduled_is_named_within_a_minute(multinode_rig: Rig, tmp_path: Path,
+                                                                tiny_model_dir: Path) -> None:
+    """Three engines of one CPU on two 1-CPU nodes: the third cannot be placed; the run says so, and why."""
+    rig = multinode_rig
+    out = tmp_path / "stuck_run"
+    proc = s3ft(rig, "data", str(data_config(tmp_path, tiny_model_dir, out, num_engines=3)),
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    started = time.monotonic()
+    lines: list[str] = []
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+            if "nothing finished for" in line:
+                break
+        waited = time.monotonic() - started
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    said = lines[-1]
+    print(f"named after {waited:.0f} s: {said}")
+    assert "nothing finished for" in said, "".join(lines)[-4000:]
+    assert waited < 60 + 20  # the driver's own start-up (~10-20 s) plus under a minute of silence
+    assert "generate: " in said and "a placement group of ['{CPU: 1}'] (STRICT_PACK)" in said
+    assert "127.0.0.3 {CPU: 0} of {CPU: 1}" in said and "127.0.0.4 {CPU: 0} of {CPU: 1}" in said
+    assert "'s3ft engine 1'" in said and "'s3ft engine 2'" in said and "generation.num_engines" in said
+
+
+def test_an_output_dir_that_is_not_shared_is_refused_naming_the_node(multinode_rig: Rig, tmp_path: Path,
+                                                                    tiny_model_dir: Path) -> None:
+    """s3ft-node2 has a private directory where the others see the real one: refused before any work."""
+    rig = multinode_rig
+    out = Path(rig.nodes["s3ft-node2"].private_dirs[0]) / "run"
+    proc = s3ft(rig, "data", str(data_config(tmp_path, tiny_model_dir, out)),
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    started = time.monotonic()
+    _, err = proc.communicate(timeout=300)
+    print(f"refused in {time.monotonic() - started:.0f} s: {err.strip().splitlines()[-1]}")
+    assert proc.returncode == 2, err[-3000:]
+    assert f"output_dir {out} is not the same directory on every node of the Ray cluster" in err
+    assert "node s3ft-node2 (127.0.0.4): does not see the file the driver wrote there" in err
+    assert "s3ft-node1" not in err and "s3ft-head" not in err
+    assert not (out / "stages").exists()  # refused before any work
