@@ -57,11 +57,11 @@ def _table(header: list[str], rows: Iterable[list[str]]) -> str:
 
 def _in_domain_key(run: Run) -> tuple[str, str] | None:
     scores = run.results.in_domain
-    return (scores.task, scores.metric) if scores else None
+    return (scores.name or scores.task, scores.metric) if scores else None
 
 
 def _in_domain_columns(runs: list[Run]) -> list[tuple[str, str]]:
-    """One column per (task, metric): runs on different tasks can share a report."""
+    """One column per (test set, metric): runs on different tasks can share a report."""
     return list(dict.fromkeys(key for run in runs if (key := _in_domain_key(run))))
 
 
@@ -85,7 +85,7 @@ def _scores(runs: list[Run]) -> str:
             *(pct(trained.get(task)) for task in general),
             points(run.general_change()),
         ])
-    sizes = dict.fromkeys(f"{s.task} n={s.n}" for r in runs if (s := r.results.in_domain) and s.n is not None)
+    sizes = dict.fromkeys(f"{s.name or s.task} n={s.n}" for r in runs if (s := r.results.in_domain) and s.n is not None)
     notes = "In-domain test sets: " + ", ".join(sizes) + ". " if sizes else ""
     notes += "Δ general (avg): mean of (trained − base) over the general benchmarks scored for the run and its base."
     return _table(header, rows) + "\n\n" + notes
