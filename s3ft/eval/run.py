@@ -13,6 +13,7 @@ from s3ft.eval.base_cache import cache_dir, cached
 from s3ft.eval.in_domain import eval_name, evaluate_in_domain, model_fingerprint
 from s3ft.eval.results import Results, results_path, update_results
 from s3ft.models.resolve import resolve_model
+from s3ft.runtime.shards import file_digest
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,9 @@ def run_eval(cfg: Config) -> Results:
     if cfg.eval.likelihood and merged.is_file():
         from s3ft.eval.likelihood import target_nll
 
-        measured = target_nll(base, merged, max_rows_per_source=cfg.eval.likelihood_rows, device=_device())
+        key = stage_key("likelihood", model_fingerprint(base), file_digest(merged), str(cfg.eval.likelihood_rows))
+        measured = cached(cache, key, lambda: target_nll(base, merged, max_rows_per_source=cfg.eval.likelihood_rows,
+                                                         device=_device()), [])
         update_results(path, likelihood={"base_model": base, **measured})
     return update_results(path)
 

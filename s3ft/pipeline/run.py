@@ -114,6 +114,7 @@ def _markers(run_dir: Path) -> dict[str, Any]:
 
 
 def _save_markers(run_dir: Path, markers: dict[str, Any]) -> None:
+    (run_dir / "stages").mkdir(parents=True, exist_ok=True)  # with a shared stages_dir, only the markers live here
     (run_dir / "stages" / "done.json").write_text(json.dumps(markers, indent=2) + "\n")
 
 

@@ -20,13 +20,15 @@ def points(x: float | None) -> str:
     return MISSING if x is None else f"{100 * x:+.1f}"
 
 
-def render(runs: list[Run], plot_name: str | None) -> str:
+def render(runs: list[Run], plot_name: str | None, head: str | None = None) -> str:
+    """The report; `head` (markdown sections, e.g. a sweep's protocol and choices) goes above the scores."""
     parts = [
         "# S3FT comparison report",
         (
             f"{len(runs)} run(s). Scores in percent; Δ is the change from the base model in points "
             "(negative on general benchmarks = forgetting)."
         ),
+        *([head] if head else []),
         "## Scores",
         _scores(runs),
     ]
@@ -50,7 +52,7 @@ def render(runs: list[Run], plot_name: str | None) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def _table(header: list[str], rows: Iterable[list[str]]) -> str:
+def table(header: list[str], rows: Iterable[list[str]]) -> str:
     lines = [header, ["---"] * len(header), *rows]
     return "\n".join("| " + " | ".join(cell.replace("|", "\\|") for cell in line) + " |" for line in lines)
 
@@ -88,7 +90,7 @@ def _scores(runs: list[Run]) -> str:
     sizes = dict.fromkeys(f"{s.name or s.task} n={s.n}" for r in runs if (s := r.results.in_domain) and s.n is not None)
     notes = "In-domain test sets: " + ", ".join(sizes) + ". " if sizes else ""
     notes += "Δ general (avg): mean of (trained − base) over the general benchmarks scored for the run and its base."
-    return _table(header, rows) + "\n\n" + notes
+    return table(header, rows) + "\n\n" + notes
 
 
 def _by_base_model(runs: list[Run]) -> list[tuple[str, list[Run]]]:
@@ -123,7 +125,7 @@ def _sources(runs: list[Run]) -> str:
         cells = [_count_share(stats.get(s), share.get(s), total) for s in SOURCES]
         rows.append([run.label, stats.get("strategy") or run.strategy or MISSING,
                      MISSING if total is None else str(total), *cells])
-    return _table(["run", "strategy", "total", *SOURCES], rows)
+    return table(["run", "strategy", "total", *SOURCES], rows)
 
 
 def _count_share(count: int | None, share: float | None, total: int | None) -> str:
@@ -144,11 +146,11 @@ def _likelihood(runs: list[Run]) -> str:
             continue
         rows.append([run.label, lik.base_model, *(
             f"{lik.nll[s]:.3f} ({lik.rows.get(s, MISSING)})" if s in lik.nll else MISSING for s in SOURCES)])
-    return _table(["run", "base model", *SOURCES], rows)
+    return table(["run", "base model", *SOURCES], rows)
 
 
 def _runs(runs: list[Run]) -> str:
-    return _table(
+    return table(
         ["run", "directory", "strategy", "seed", "base model", "trained model"],
         ([r.label, str(r.path), r.strategy or MISSING, MISSING if r.seed is None else str(r.seed),
           r.base_model or MISSING, r.trained_model or MISSING] for r in runs),
