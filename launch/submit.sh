@@ -5,24 +5,27 @@
 #   RAY_AUTH_MODE=token ray job submit --address http://HEAD:8265 --working-dir . \
 #       --runtime-env-json '{"env_vars": {"RAY_AUTH_MODE": "token"}}' -- s3ft run CONFIG
 #
-# Usage: launch/submit.sh [--address URL] [--no-wait] CONFIG [--set key=value ...]
+# Usage: launch/submit.sh [--address URL] [--no-wait] [--sweep] CONFIG [--set key=value ...] [--grid ...]
 #   --address   the cluster's dashboard/job address (default: $RAY_ADDRESS, else http://127.0.0.1:8265)
 #   --no-wait   submit and return the job id instead of streaming its logs
+#   --sweep     submit `s3ft sweep CONFIG ...` (a grid of runs, one job) instead of `s3ft run`
 # The token: $RAY_AUTH_TOKEN, else the file $RAY_AUTH_TOKEN_PATH, else Ray's default (~/.ray/auth_token),
 # the same token the cluster was started with (`ray get-auth-token --generate` makes one).
 set -euo pipefail
 
 address="${RAY_ADDRESS:-http://127.0.0.1:8265}"
 wait_flag=()
+command=run
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --address) address="$2"; shift 2 ;;
     --no-wait) wait_flag=(--no-wait); shift ;;
-    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --sweep) command=sweep; shift ;;
+    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) break ;;
   esac
 done
-[[ $# -ge 1 ]] || { echo "usage: $0 [--address URL] [--no-wait] CONFIG [--set key=value ...]" >&2; exit 2; }
+[[ $# -ge 1 ]] || { echo "usage: $0 [--address URL] [--no-wait] [--sweep] CONFIG [--set key=value ...]" >&2; exit 2; }
 config="$1"; shift
 [[ -f "$config" ]] || { echo "$0: config file not found: $config" >&2; exit 2; }
 
@@ -33,4 +36,4 @@ cd "$repo"
 # output_dir should be an absolute path that every node sees.
 exec ray job submit --address "$address" --working-dir "$repo" \
   --runtime-env-json '{"env_vars": {"RAY_AUTH_MODE": "token"}, "excludes": [".venv", ".cache", "runs", ".git"]}' \
-  "${wait_flag[@]}" -- s3ft run "$config" "$@"
+  "${wait_flag[@]}" -- s3ft "$command" "$config" "$@"

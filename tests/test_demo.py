@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from s3ft.demo.report import DemoRun, demo_notes
+from s3ft.demo.report import demo_notes
 from s3ft.demo.tasks import Addition, demo_files, make_splits
-from s3ft.eval.results import Results, results_path
 from s3ft.judges.math import MathJudge
 from tests.paths import REPO
 
@@ -43,48 +42,48 @@ def test_math_judge_reads_both_styles() -> None:
     assert Addition(23, 45).gold == "Adding 23 and 45: 3+5=8, 2+4+0=6, so the sum is 68.\n#### 68"
 
 
-def test_notes_give_noise_and_the_spread_over_seeds(tmp_path: Path) -> None:
-    runs = []
-    for strategy, seed, in_domain, held_out in [("s3ft", 0, 0.85, 0.94), ("sft", 0, 0.80, 0.50),
-                                                 ("s3ft", 1, 0.87, 0.96), ("sft", 1, 0.70, 0.60)]:
-        run = DemoRun(strategy, seed, tmp_path / f"{strategy}{seed}")
-        results = Results.model_validate({"strategy": strategy, "seed": seed,
-                                          "in_domain": {"task": "gsm8k", "metric": "accuracy", "n": 200,
-                                                        "base": 0.56, "trained": in_domain},
-                                          "general": {"base": {"demo_reverse": 1.0},
-                                                      "trained": {"demo_reverse": held_out}}})
-        results_path(run.path).parent.mkdir(parents=True)
-        results_path(run.path).write_text(results.model_dump_json())
-        runs.append(run)
-    notes = demo_notes(tmp_path / "no-base-model", runs, minutes=7.25)
-    assert "| base | 56.0 ± 3.5 | 100.0 ± 0.0 |" in notes  # sqrt(.56 * .44 / 200) = 3.5 points
-    assert "| sft (seed 1) | 70.0 ± 3.2 | 60.0 ± 3.5 |" in notes
-    assert "| s3ft, mean ± sd over 2 seeds | 86.0 ± 1.4 | 95.0 ± 1.4 |" in notes
-    assert "| sft, mean ± sd over 2 seeds | 75.0 ± 7.1 | 55.0 ± 7.1 |" in notes
-    assert "Seeds 0, 1" in notes and "took 7.2 minutes" in notes
+def test_notes_give_each_strategy_at_its_chosen_rate_with_standard_errors(tmp_path: Path) -> None:
+    from tests.test_sweep import _sweep_dir
+
+    one_seed = _sweep_dir(tmp_path / "one", {
+        ("sft", "1e-4", 0): (0.80, 0.70, 0.90), ("sft", "3e-4", 0): (0.60, 0.95, 0.20),
+        ("s3ft", "1e-4", 0): (0.70, 0.72, 0.99), ("s3ft", "3e-4", 0): (0.90, 0.90, 0.95),
+    })
+    notes = demo_notes(tmp_path / "no-base-model", one_seed, minutes=7.25)
+    assert "| base | — | 50.0 ± 6.2 | 50.0 ± 3.5 | 100.0 ± 0.0 | |" in notes  # sqrt(.5 * .5 / 64), / 200
+    assert "| sft | 0.0001 | 80.0 ± 5.0 | 70.0 ± 3.2 | 90.0 ± 2.1 |" in notes  # validation chose 1e-4, not 3e-4
+    assert "| s3ft | 0.0003 | 90.0 ± 3.8 | 90.0 ± 2.1 | 95.0 ± 1.5 |" in notes
+    assert "sft 0.0001; s3ft 0.0003" in notes and "binomial" in notes and "took 7.2 minutes" in notes
+
+    seeds = _sweep_dir(tmp_path / "seeds", {
+        ("s3ft", "3e-4", 0): (0.90, 0.85, 0.94), ("s3ft", "3e-4", 1): (0.80, 0.87, 0.96),
+    })
+    notes = demo_notes(tmp_path / "no-base-model", seeds, minutes=1.0)
+    assert "| s3ft | 0.0003 | 85.0 ± 5.0 | 86.0 ± 1.0 | 95.0 ± 1.0 |" in notes and "over the seeds 0, 1" in notes
 
 
 @pytest.mark.slow
 def test_shortened_demo_runs_end_to_end(ray_session: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Few rows, steps and test rows, a briefly pretrained base model, and the hf backend for
-    generation (no vLLM engine start): the driver's plumbing, not the demo's numbers."""
+    """Few rows, steps and test rows, one learning rate, a briefly pretrained base model, and the hf
+    backend for generation (no vLLM engine start): the driver's plumbing, not the demo's numbers."""
     from s3ft.demo.__main__ import main
 
     monkeypatch.chdir(REPO)
     runs, base = tmp_path / "runs", tmp_path / "base-model"
-    sets = [f"model.path={base}", "generation.backend=hf", "data.limit=24", "train.max_steps=2",
-            "eval.limit=8", "eval.general_limit=8", "eval.likelihood_rows=8"]
-    assert main(["--runs", str(runs), "--pretrain-steps", "20", *(a for s in sets for a in ("--set", s))]) == 0
+    sets = [f"model.path={base}", "generation.backend=hf", "data.limit=28", "data.validation_rows=4",
+            "train.max_steps=2", "eval.limit=8", "eval.general_limit=8", "eval.likelihood_rows=8"]
+    assert main(["--runs", str(runs), "--pretrain-steps", "20", "--lrs", "3e-4",
+                 *(a for s in sets for a in ("--set", s))]) == 0
 
     assert json.loads((base / "pretrain.json").read_text())["settings"]["steps"] == 20
-    for strategy in ("s3ft", "sft"):
-        results = json.loads((runs / f"demo_{strategy}" / "eval" / "results.json").read_text())
+    for strategy in ("sft", "ssr", "s3ft"):
+        run = runs / "demo" / "runs" / f"lr3e-4-{strategy}-seed0"
+        results = json.loads((run / "eval" / "results.json").read_text())
         assert results["strategy"] == strategy
-        assert results["in_domain"]["n"] == 8
+        assert results["in_domain"]["n"] == 8 and results["validation"]["n"] == 4
         assert {"base", "trained"} <= set(results["in_domain"])
         assert set(results["general"]["trained"]) == {"demo_reverse"}
-        stats = json.loads((runs / f"demo_{strategy}" / "data" / "stats.json").read_text())
-        assert stats["total"] == 24
-    report = (runs / "demo_report" / "report.md").read_text()
-    assert "demo_s3ft" in report and "demo_sft" in report and "## Demo notes" in report
-    assert (runs / "demo_report" / "report.png").is_file()
+        assert json.loads((run / "data" / "stats.json").read_text())["total"] == 24
+    report = (runs / "demo" / "report" / "report.md").read_text()
+    assert "## Protocol" in report and "## Demo notes" in report and "| s3ft | 0.0003 |" in report
+    assert (runs / "demo" / "report" / "report.png").is_file()

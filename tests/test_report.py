@@ -54,7 +54,7 @@ def two_runs(tmp_path: Path) -> list[Path]:
 def test_sections_merge_field_by_field(two_runs: list[Path]) -> None:
     results = read_results(results_path(two_runs[1]))
     assert results.in_domain.model_dump() == {
-        "task": "gsm8k", "metric": "accuracy", "n": 1319, "base": 0.403, "trained": 0.569}
+        "task": "gsm8k", "metric": "accuracy", "name": None, "n": 1319, "base": 0.403, "trained": 0.569}
     assert results.general.base == BASE and results.general.trained["arc_challenge"] == 0.5
     assert results.likelihood.rows == {"self": 10, "paraphrase": 5, "gold": 3}
     again = update_results(results_path(two_runs[1]), general={"trained": {"mmlu": 0.6}}, seed=None)
@@ -122,3 +122,25 @@ def test_missing_pieces_render_as_dashes(tmp_path: Path) -> None:
     assert png.read_bytes().startswith(PNG_MAGIC)
     with pytest.raises(ReportError, match="not a run directory"):
         write_report([tmp_path / "no-such-run"], tmp_path / "out")
+
+
+def test_in_domain_column_is_named_after_the_eval_set(two_runs: list[Path], tmp_path: Path) -> None:
+    for run in two_runs:
+        update_results(results_path(run), in_domain={"name": "addition"})
+    text = write_report(two_runs, tmp_path / "out")[0].read_text()
+    assert "| run | strategy | seed | addition accuracy | Δ in-domain |" in text
+    assert "gsm8k" not in text.split("## Training targets")[0].replace("sft-gsm8k", "").replace("s3ft-gsm8k", "")
+    assert "In-domain test sets: addition n=1319. " in text
+
+
+def test_eval_name_defaults_to_the_test_file(tmp_path: Path) -> None:
+    from s3ft.config import build_config
+    from s3ft.eval.in_domain import eval_name
+
+    def name(**ev: object) -> str:
+        return eval_name(build_config({"output_dir": str(tmp_path), "model": {"path": "m"},
+                                       "data": {"path": "d.jsonl", "task": "gsm8k"}, "eval": ev}))
+
+    assert name(data_path="data/gsm8k/test.jsonl") == "gsm8k test"
+    assert name(data_path="configs/data/demo/additions.jsonl") == "additions"
+    assert name(data_path="configs/data/demo/test.jsonl", name="addition") == "addition"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from s3ft.config.judges import JUDGE_OPTIONS
 from s3ft.errors import S3FTError
+from s3ft.runtime import console
 
 if TYPE_CHECKING:
     from s3ft.config import RayConfig
@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Selective Self-to-Supervised Fine-Tuning: train a model on its own correct answers, "
         "its own paraphrases of gold answers, and gold answers only where neither is judged correct.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="Debug logging.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="Everything on the console: debug logging, "
+                        "and the engines', Ray's and the libraries' output (otherwise in RUN/logs/s3ft.log).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     _config_command(
@@ -47,6 +48,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--from", dest="from_stage", choices=["data", "train", "eval", "report"],
                      help="Run this stage and every later one again, discarding their outputs.")
     run.set_defaults(func=cmd_run)
+
+    sweep = _config_command(
+        sub, "sweep", "Tune each strategy fairly: run a grid of ordinary runs (each resumable, all in this one Ray "
+        "driver, sharing their data stages), choose each strategy's setting on a validation split carved from the "
+        "training set (never the test set), and write OUTPUT_DIR/report/ with the protocol, the chosen settings' "
+        "scores and a trade-off plot of every run."
+    )
+    sweep.add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2,...",
+                       help="A config key and its values, e.g. --grid train.lr=1e-5,3e-5,1e-4 "
+                       "--grid selection.strategy=sft,ssr,s3ft (repeatable: the runs are the product).")
+    sweep.add_argument("--seeds", type=int, nargs="+", default=[0], help="Seeds of every grid point (default 0).")
+    sweep.add_argument("--validation-rows", type=int, help="Training rows held out to choose on "
+                       "(default: data.validation_rows of the config).")
+    sweep.set_defaults(func=cmd_sweep)
 
     _config_command(
         sub, "train", "Fine-tune model.path on RUN/data/merged.jsonl with DeepSpeed (train.launcher: ray | torchrun | "
@@ -72,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
         "report", help="Compare runs: a markdown table and a plot.",
         description="Compare runs (base, sft, ssr, s3ft, ...): in-domain metric, each general benchmark and the "
         "average change from base, the data-source split and the likelihood diagnostic of each run. Writes "
-        "report.md and report.png.",
+        "report.md and report.png: bars per run, or, when a strategy has several runs (settings, seeds), the "
+        "trade-off of in-domain against held-out change with a line per strategy and error bars over seeds.",
     )
     report.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="Run directories to compare.")
     report.add_argument("--out", type=Path, help="Output folder (default: the run directory for one run, "
@@ -132,6 +148,7 @@ def cmd_data(args: argparse.Namespace) -> None:
     from s3ft.pipeline.data_engine import run_data
 
     config = load_config(args.config, args.overrides)
+    console.log_to(config.output_dir)
     with _ray(config.ray, needed=config.selection.strategy != "sft"):
         summary = run_data(config)
     print_stats(summary, Path(config.output_dir))
@@ -142,11 +159,24 @@ def cmd_run(args: argparse.Namespace) -> None:
     from s3ft.pipeline.run import run_all
 
     config = load_config(args.config, args.overrides)
+    console.log_to(config.output_dir)
     with _ray(config.ray):
         artefacts = run_all(config, args.from_stage)
     print("s3ft run finished:")
     for name, path in artefacts.items():
         print(f"  {name:<14} {path}")
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from s3ft.config import load_config
+    from s3ft.pipeline.sweep import parse_grid, run_sweep
+
+    grid = parse_grid(args.grid)
+    config = load_config(args.config, args.overrides)
+    console.log_to(config.output_dir)
+    with _ray(config.ray):
+        markdown, plot = run_sweep(args.config, args.overrides, grid, args.seeds, args.validation_rows)
+    print(f"s3ft sweep finished: {markdown} (plot: {plot})")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -157,6 +187,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     config = load_config(args.config, args.overrides)
     check_output_dir(Path(config.output_dir))
+    console.log_to(config.output_dir)
     with _ray(config.ray, needed=config.train.launcher == "ray"):
         print(f"model written to {train(Path(config.output_dir), resolve_model(config.model), config.train)}")
 
@@ -177,6 +208,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from s3ft.eval.run import run_eval
 
     config = load_config(args.config, args.overrides)
+    console.log_to(config.output_dir)
     with _ray(config.ray):
         results = run_eval(config)
     print_results(results, results_path(config.output_dir))
@@ -233,9 +265,7 @@ def cmd_wait_cluster(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    console.setup(args.verbose)
     try:
         args.func(args)
     except S3FTError as exc:

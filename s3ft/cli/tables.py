@@ -35,7 +35,8 @@ def print_stats(summary: dict[str, Any], run_dir: Path) -> None:
         console.print(f"judge audit: agrees with the rule judge on {100 * judge['audit']['agreement']:.1f}% of "
                       f"{judge['audit']['rows']} rows")
     console.print(
-        f"{summary['input_rows']} input rows: {summary['examples']} examples, {summary['rejected']} rejected"
+        f"{summary['input_rows']} input rows: {summary['examples']} examples, "
+        f"{summary.get('validation_rows', 0)} held out for validation, {summary['rejected']} rejected"
         f"{' (see data/rejects.jsonl)' if summary['rejected'] else ''}. Written: {run_dir / 'data' / 'merged.jsonl'}, "
         f"{run_dir / 'data' / 'stats.json'}"
     )
@@ -48,7 +49,10 @@ def print_results(results: Results, path: Path) -> None:
     table.add_column("trained", justify="right")
     if results.in_domain:
         d = results.in_domain
-        table.add_row(f"{d.task} {d.metric} (n={d.n})", _pct(d.base), _pct(d.trained))
+        table.add_row(f"{d.name or d.task} {d.metric} (n={d.n})", _pct(d.base), _pct(d.trained))
+    if results.validation:
+        v = results.validation
+        table.add_row(f"{v.name or v.task} {v.metric} (n={v.n})", _pct(v.base), _pct(v.trained))
     if results.general:
         for task in sorted(set(results.general.base) | set(results.general.trained)):
             table.add_row(task, _pct(results.general.base.get(task)), _pct(results.general.trained.get(task)))

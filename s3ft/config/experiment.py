@@ -35,6 +35,10 @@ SectionT = TypeVar("SectionT", bound=Section)
 class Config(Section):
     output_dir: str = Field(description="Run directory: every stage's output, the model, the report.")
     seed: int = 0
+    stages_dir: str | None = Field(
+        None, description="Where the data stages' shards go (default: output_dir). Runs naming one folder share the "
+        "generation, judging and paraphrase they have in common (a sweep's runs do)."
+    )
     model: ModelConfig
     data: DataConfig
     generation: GenerationConfig = Field(default_factory=GenerationConfig)

@@ -34,6 +34,10 @@ class DataConfig(Section):
         "error", description="error: stop at the first bad row; skip: write it to data/rejects.jsonl with its reason."
     )
     prompt_template: str | None = Field(None, description="YAML file overriding the task's prompt templates.")
+    validation_rows: int = Field(
+        0, ge=0, description="Rows carved from the training set for validation (the same rows for every run of this "
+        "data: chosen by a hash of their ids), never trained on; eval scores each model on them too."
+    )
     prompt_field: str = Field("prompt", description="generic task: column with the prompt text.")
     response_field: str = Field("response", description="generic task: column with the gold response.")
     messages_field: str = Field("messages", description="generic task: column with a chat list (used if present).")
@@ -76,6 +80,17 @@ class SelectionConfig(Section):
 class EvalConfig(Section):
     data_path: str | None = Field(
         None, description="The task's test split, in data.path's formats; none skips the in-domain evaluation."
+    )
+    name: str | None = Field(
+        None, description="What the report calls the in-domain test set; default: the data file's name "
+        "(gsm8k/test.jsonl → 'gsm8k test')."
+    )
+    base_cache: bool = Field(
+        True, description="Reuse the base model's scores across runs that share the base model (its files) and these "
+        "eval settings, instead of evaluating it once per run."
+    )
+    base_cache_dir: str | None = Field(
+        None, description="Where those scores are kept; default: .s3ft-cache/base-eval beside the run directory."
     )
     split: str = Field("test", description="Split to take from a dataset dict.")
     limit: int | None = Field(None, gt=0, description="Evaluate only the first N test rows.")

@@ -1,67 +1,64 @@
-"""The demo's notes under the comparison report: base/SFT/S3FT side by side with their sampling
-noise (and, over several seeds, their spread), so a reader can tell a real difference from luck."""
+"""The demo's notes under the sweep's report: base, SFT, SSR and S3FT each at its validation-chosen
+learning rate, every score with its standard error (binomial over the test rows with one seed, over
+seeds with several), so a reader can tell a real difference from luck."""
 
 from __future__ import annotations
 
 import json
-import math
-import statistics
-from dataclasses import dataclass
 from pathlib import Path
 
 from s3ft.demo.pretrain import SUMMARY
-from s3ft.eval.results import Results, read_results, results_path
+from s3ft.report.runs import Run, load_run
+from s3ft.report.sweep import choose, with_error
 
 HELD_OUT = "demo_reverse"
+HELD_OUT_FILE = Path(__file__).parent / "lm_eval_tasks" / HELD_OUT / f"{HELD_OUT}.jsonl"
 
 
-@dataclass(frozen=True)
-class DemoRun:
-    strategy: str
-    seed: int
-    path: Path
+def _held_out(run: Run, model: str) -> float | None:
+    general = run.results.general
+    return getattr(general, model).get(HELD_OUT) if general else None
 
 
-def standard_error(p: float, n: int) -> float:
-    """Binomial standard error of an accuracy `p` measured on `n` rows."""
-    return math.sqrt(p * (1 - p) / n) if n else 0.0
-
-
-def scores(res: Results, model: str) -> tuple[float | None, float | None]:
-    """(in-domain, held-out) accuracy of the base or trained model of one run."""
-    in_domain = getattr(res.in_domain, model) if res.in_domain else None
-    held_out = getattr(res.general, model).get(HELD_OUT) if res.general else None
-    return in_domain, held_out
-
-
-def demo_notes(base: Path, runs: list[DemoRun], minutes: float) -> str:
-    results = [(run, read_results(results_path(run.path))) for run in runs]
-    first = results[0][1]
-    n_in = first.in_domain.n if first.in_domain and first.in_domain.n else 0
-    n_out = _rows(Path(__file__).parent / "lm_eval_tasks" / HELD_OUT / f"{HELD_OUT}.jsonl")
-
-    def cell(score: float | None, n: int) -> str:
-        return "—" if score is None else f"{100 * score:.1f} ± {100 * standard_error(score, n):.1f}"
-
-    table = [f"| model | in-domain: addition (n={n_in}) | held-out: word reversal (n={n_out}) |", "| --- | --- | --- |"]
-    in_base, out_base = scores(first, "base")
-    table.append(f"| base | {cell(in_base, n_in)} | {cell(out_base, n_out)} |")
-    for run, res in results:
-        in_trained, out_trained = scores(res, "trained")
-        table.append(f"| {run.strategy} (seed {run.seed}) | {cell(in_trained, n_in)} | {cell(out_trained, n_out)} |")
-    seeds = sorted({run.seed for run in runs})
-    if len(seeds) > 1:
-        for strategy in dict.fromkeys(run.strategy for run in runs):
-            per_seed = [scores(res, "trained") for run, res in results if run.strategy == strategy]
-            table.append(f"| {strategy}, mean ± sd over {len(per_seed)} seeds | "
-                         f"{_spread([a for a, _ in per_seed])} | {_spread([b for _, b in per_seed])} |")
+def demo_notes(base: Path, root: Path, minutes: float) -> str:
+    """Markdown for the sweep at `root` (its sweep.json and runs/)."""
+    spec = json.loads((root / "sweep.json").read_text())
+    runs = [load_run(root / "runs" / name) for name in spec["runs"] if (root / "runs" / name).is_dir()]
+    if not runs:
+        return "## Demo notes\n\nNo finished runs.\n"
+    tuned = [k for k in spec["grid"] if k != "selection.strategy"]
+    n_out = _rows(HELD_OUT_FILE)
+    first = runs[0].results
+    n_in = first.in_domain.n if first.in_domain else None
+    n_val = first.validation.n if first.validation else None
+    header = (f"| model | learning rate | validation: addition (n={n_val}) | in-domain: addition (n={n_in}) | "
+              f"held-out: word reversal (n={n_out}) | targets (self / paraphrase / gold) |")
+    table = [header, "| --- | --- | --- | --- | --- | --- |"]
+    table.append(f"| base | — | {with_error([first.validation.base if first.validation else None], n_val)} | "
+                 f"{with_error([first.in_domain.base if first.in_domain else None], n_in)} | "
+                 f"{with_error([_held_out(runs[0], 'base')], n_out)} | |")
+    chosen_rates = []
+    for choice in choose(runs, tuned):
+        chosen = choice.runs
+        rate = ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in choice.setting)
+        chosen_rates.append(f"{choice.strategy} {rate}")
+        stats = chosen[0].stats or {}
+        table.append(
+            f"| {choice.strategy} | {rate} | "
+            f"{with_error([r.results.validation.trained if r.results.validation else None for r in chosen], n_val)} | "
+            f"{with_error([r.results.in_domain.trained if r.results.in_domain else None for r in chosen], n_in)} | "
+            f"{with_error([_held_out(r, 'trained') for r in chosen], n_out)} | "
+            f"{stats.get('self', '—')} / {stats.get('paraphrase', '—')} / {stats.get('gold', '—')} |"
+        )
+    seeds = spec["seeds"]
     lines = [
         "## Demo notes",
         "\n".join(table),
-        "Accuracy in percent ± one binomial standard error of the test sample"
-        + (", and the mean ± standard deviation over the seeds" if len(seeds) > 1 else "")
-        + f". Seeds {', '.join(map(str, seeds))} (the fine-tuning's data order; the base model is the same for "
-        "all). Differences under about two standard errors are within the noise of the test sample alone.",
+        f"Each strategy at the learning rate (of {', '.join(spec['grid'].get('train.lr', []))}) with the best "
+        f"validation accuracy: {'; '.join(chosen_rates)}. Accuracy in percent ± one standard error: "
+        + ("over the seeds " + ", ".join(map(str, seeds)) if len(seeds) > 1 else
+           f"the binomial error of the sample (one seed, {seeds[0]})")
+        + ". Differences under about two standard errors are within the noise.",
     ]
     pretrain = base / SUMMARY
     if pretrain.is_file():
@@ -76,13 +73,6 @@ def demo_notes(base: Path, runs: list[DemoRun], minutes: float) -> str:
         )
     lines.append(f"The whole demo took {minutes:.1f} minutes.")
     return "\n\n".join(lines) + "\n"
-
-
-def _spread(values: list[float | None]) -> str:
-    known = [v for v in values if v is not None]
-    if len(known) < 2:
-        return "—"
-    return f"{100 * statistics.mean(known):.1f} ± {100 * statistics.stdev(known):.1f}"
 
 
 def _pct(x: float | None) -> str:

@@ -29,6 +29,7 @@ class InDomain(_Section):
 
     task: str
     metric: str
+    name: str | None = None  # what the report calls the set (eval.name); `task` is the adapter
     n: int | None = None
     base: float | None = None
     trained: float | None = None
@@ -56,6 +57,7 @@ class Results(_Section):
     base_model: str | None = None
     trained_model: str | None = None
     in_domain: InDomain | None = None
+    validation: InDomain | None = None  # the split carved from the training set (data.validation_rows)
     general: General | None = None
     likelihood: Likelihood | None = None
 

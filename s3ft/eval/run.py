@@ -8,10 +8,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from s3ft.config import Config
-from s3ft.eval.in_domain import evaluate_in_domain
+from s3ft.config import Config, stage_key
+from s3ft.eval.base_cache import cache_dir, cached
+from s3ft.eval.in_domain import eval_name, evaluate_in_domain, model_fingerprint
 from s3ft.eval.results import Results, results_path, update_results
 from s3ft.models.resolve import resolve_model
+from s3ft.runtime.shards import file_digest
 
 log = logging.getLogger(__name__)
 
@@ -28,22 +30,20 @@ def run_eval(cfg: Config) -> Results:
     update_results(path, run=run_dir.name, strategy=cfg.selection.strategy, seed=cfg.seed, base_model=base,
                    trained_model=str(trained) if "trained" in labels else None)
 
-    if cfg.eval.data_path:
+    cache = cache_dir(cfg)
+    if cfg.eval.data_path or (run_dir / "data" / "validation.jsonl").is_file():
+        name = eval_name(cfg)
         for label in labels:
-            scored = evaluate_in_domain(cfg, label, models[label])
-            log.info("in-domain accuracy of the %s model: %.4f on %d rows", label, scored["accuracy"], scored["n"])
-            update_results(path, in_domain={"task": cfg.data.task, "metric": "accuracy", "n": scored["n"],
-                                            label: scored["accuracy"]})
+            scored = evaluate_in_domain(cfg, label, models[label], cache if label == "base" else None)
+            for split, score in scored.items():
+                log.info("%s accuracy of the %s model: %.4f on %d rows", split, label, score["accuracy"], score["n"])
+                section = {"task": cfg.data.task, "name": name if split == "test" else f"{name} (validation)",
+                           "metric": "accuracy", "n": score["n"], label: score["accuracy"]}
+                update_results(path, **{"in_domain" if split == "test" else "validation": section})
 
     if cfg.eval.general_tasks:
-        from s3ft.eval.general import evaluate_general
-
         for label in labels:
-            scores = evaluate_general(
-                models[label], cfg.eval.general_tasks, backend=cfg.eval.general_backend, limit=cfg.eval.general_limit,
-                batch_size=cfg.eval.general_batch_size, include_path=cfg.eval.include_path, seed=cfg.seed,
-                num_fewshot=cfg.eval.num_fewshot, device=_device(),
-            )
+            scores = _general(cfg, models[label], cache if label == "base" else None)
             log.info("general benchmarks of the %s model: %s", label, scores)
             update_results(path, general={label: scores})
 
@@ -51,9 +51,24 @@ def run_eval(cfg: Config) -> Results:
     if cfg.eval.likelihood and merged.is_file():
         from s3ft.eval.likelihood import target_nll
 
-        measured = target_nll(base, merged, max_rows_per_source=cfg.eval.likelihood_rows, device=_device())
+        key = stage_key("likelihood", model_fingerprint(base), file_digest(merged), str(cfg.eval.likelihood_rows))
+        measured = cached(cache, key, lambda: target_nll(base, merged, max_rows_per_source=cfg.eval.likelihood_rows,
+                                                         device=_device()), [])
         update_results(path, likelihood={"base_model": base, **measured})
     return update_results(path)
+
+
+def _general(cfg: Config, model_path: str, cache: Path | None) -> dict[str, float]:
+    from s3ft.eval.general import evaluate_general
+
+    ev = cfg.eval
+    key = stage_key("general", model_fingerprint(model_path), ev.general_tasks, ev.general_backend, ev.general_limit,
+                    ev.include_path or "", str(ev.num_fewshot), str(cfg.seed))
+    return cached(cache, key, lambda: evaluate_general(
+        model_path, ev.general_tasks, backend=ev.general_backend, limit=ev.general_limit,
+        batch_size=ev.general_batch_size, include_path=ev.include_path, seed=cfg.seed, num_fewshot=ev.num_fewshot,
+        device=_device(),
+    ), [])
 
 
 def _device() -> str:

@@ -19,6 +19,7 @@ from s3ft.config import Config, save_config, stage_key
 from s3ft.data.leaks import LeakCheck, leak_check
 from s3ft.data.load import run_load
 from s3ft.data.prompts import Templates, load_templates
+from s3ft.data.split import carve
 from s3ft.data.tasks import paraphrase_messages
 from s3ft.generation.base import Sampling
 from s3ft.generation.mapper import generate_into, lazy_pool
@@ -50,15 +51,23 @@ def run_data(cfg: Config) -> dict[str, Any]:
         context = context_length(model_path, cfg.model.max_model_len)
         check = prompt_fits(tokenizer, context, cfg.generation.max_tokens)
         load_key += [cfg.model.path, str(context), str(cfg.generation.max_tokens)]  # prompts vetted against them
-    loaded = ShardStore(run_dir, "load", stage_key(*load_key))
+    stages = Path(cfg.stages_dir) if cfg.stages_dir else run_dir  # a sweep's runs share theirs
+    loaded = ShardStore(stages, "load", stage_key(*load_key))
     if not loaded.finished:
         run_load(cfg.data, templates, loaded, cfg.generation.shard_size, run_dir / "data" / "rejects.jsonl", check)
-    final = _self_and_paraphrase(cfg, run_dir, loaded, templates, model_path, tokenizer, check) if generates else loaded
+    validation = run_dir / "data" / "validation.jsonl"
+    if cfg.data.validation_rows:
+        carved = ShardStore(stages, "carve", stage_key(loaded.key, str(cfg.data.validation_rows)))
+        loaded, held = carve(loaded, carved, cfg.data.validation_rows, cfg.generation.shard_size)
+        write_jsonl(validation, held)
+    else:
+        validation.unlink(missing_ok=True)
+    final = _self_and_paraphrase(cfg, stages, loaded, templates, model_path, tokenizer, check) if generates else loaded
     return _select(run_dir, final, cfg.selection.strategy, loaded.manifest, leak_check(cfg.data.task, cfg.paraphrase))
 
 
 def _self_and_paraphrase(
-    cfg: Config, run_dir: Path, loaded: ShardStore, templates: Templates, model_path: str, tokenizer: Any,
+    cfg: Config, stages: Path, loaded: ShardStore, templates: Templates, model_path: str, tokenizer: Any,
     check: Callable[[list[dict[str, str]]], str | None],
 ) -> ShardStore:
     gen = cfg.generation
@@ -66,9 +75,9 @@ def _self_and_paraphrase(
     sampling = Sampling.from_config(gen, temperature=cfg.selection.sample_temperature, n=cfg.selection.num_samples) \
         if rft else Sampling.from_config(gen)
     model_key = [cfg.model.path, cfg.model.dtype, gen.backend]
-    generated = ShardStore(run_dir, "generate", stage_key(loaded.key, model_key, vars(sampling)))
+    generated = ShardStore(stages, "generate", stage_key(loaded.key, model_key, vars(sampling)))
     judge_key = cfg.judge.cache_key()
-    judged = ShardStore(run_dir, "judge", stage_key(generated.key, judge_key))
+    judged = ShardStore(stages, "judge", stage_key(generated.key, judge_key))
 
     with contextlib.ExitStack() as stack:
         pool = lazy_pool(stack, cfg.model.model_copy(update={"path": model_path}), gen)
@@ -80,8 +89,8 @@ def _self_and_paraphrase(
             return judged
 
         greedy_one = replace(sampling, n=1)
-        paraphrased = ShardStore(run_dir, "paraphrase", stage_key(judged.key, vars(templates), vars(greedy_one)))
-        para_judged = ShardStore(run_dir, "judge_paraphrase", stage_key(paraphrased.key, judge_key))
+        paraphrased = ShardStore(stages, "paraphrase", stage_key(judged.key, vars(templates), vars(greedy_one)))
+        para_judged = ShardStore(stages, "judge_paraphrase", stage_key(paraphrased.key, judge_key))
 
         def paraphrase_prompt(row: dict[str, Any]) -> str | None:
             if not needs_paraphrase(row):
@@ -104,6 +113,7 @@ def _select(
     counts: Counter[str] = Counter()
     data_dir = run_dir / "data"
     write_jsonl(data_dir / "merged.jsonl", select_all(final.rows(), strategy, counts, leak))
-    summary = stats(strategy, counts, input_rows=load_manifest["input_rows"], rejected=load_manifest["rejected"])
+    summary = stats(strategy, counts, input_rows=load_manifest["input_rows"], rejected=load_manifest["rejected"],
+                    validation_rows=load_manifest.get("validation_rows", 0))
     (data_dir / "stats.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

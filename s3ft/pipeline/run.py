@@ -7,7 +7,6 @@ setting (or `--from STAGE`) runs it and everything after it again.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -17,6 +16,7 @@ from typing import Any
 
 from s3ft.config import Config, save_config, stage_key
 from s3ft.runtime.preflight import check_output_dir
+from s3ft.runtime.shards import file_digest
 
 log = logging.getLogger(__name__)
 STAGES = ("data", "train", "eval", "report")
@@ -62,7 +62,7 @@ def run_all(cfg: Config, from_stage: str | None = None) -> dict[str, Path]:
     wait_for_release()
 
     model_path = resolve_model(cfg.model)
-    train_key = stage_key(cfg.train, model_path, _file_digest(run_dir / "data" / "merged.jsonl"))
+    train_key = stage_key(cfg.train, model_path, file_digest(run_dir / "data" / "merged.jsonl"))
     if _done(run_dir, "train", train_key):
         log.info("stage 2/4: train — done already (%s)", run_dir / "model")
     else:
@@ -108,20 +108,13 @@ def wait_for_release(timeout_s: float = RELEASE_TIMEOUT_S) -> dict[str, float]:
         time.sleep(0.5)
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _markers(run_dir: Path) -> dict[str, Any]:
     path = run_dir / "stages" / "done.json"
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _save_markers(run_dir: Path, markers: dict[str, Any]) -> None:
+    (run_dir / "stages").mkdir(parents=True, exist_ok=True)  # with a shared stages_dir, only the markers live here
     (run_dir / "stages" / "done.json").write_text(json.dumps(markers, indent=2) + "\n")
 
 

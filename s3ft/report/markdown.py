@@ -20,13 +20,15 @@ def points(x: float | None) -> str:
     return MISSING if x is None else f"{100 * x:+.1f}"
 
 
-def render(runs: list[Run], plot_name: str | None) -> str:
+def render(runs: list[Run], plot_name: str | None, head: str | None = None) -> str:
+    """The report; `head` (markdown sections, e.g. a sweep's protocol and choices) goes above the scores."""
     parts = [
         "# S3FT comparison report",
         (
             f"{len(runs)} run(s). Scores in percent; Δ is the change from the base model in points "
             "(negative on general benchmarks = forgetting)."
         ),
+        *([head] if head else []),
         "## Scores",
         _scores(runs),
     ]
@@ -50,18 +52,18 @@ def render(runs: list[Run], plot_name: str | None) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def _table(header: list[str], rows: Iterable[list[str]]) -> str:
+def table(header: list[str], rows: Iterable[list[str]]) -> str:
     lines = [header, ["---"] * len(header), *rows]
     return "\n".join("| " + " | ".join(cell.replace("|", "\\|") for cell in line) + " |" for line in lines)
 
 
 def _in_domain_key(run: Run) -> tuple[str, str] | None:
     scores = run.results.in_domain
-    return (scores.task, scores.metric) if scores else None
+    return (scores.name or scores.task, scores.metric) if scores else None
 
 
 def _in_domain_columns(runs: list[Run]) -> list[tuple[str, str]]:
-    """One column per (task, metric): runs on different tasks can share a report."""
+    """One column per (test set, metric): runs on different tasks can share a report."""
     return list(dict.fromkeys(key for run in runs if (key := _in_domain_key(run))))
 
 
@@ -85,10 +87,10 @@ def _scores(runs: list[Run]) -> str:
             *(pct(trained.get(task)) for task in general),
             points(run.general_change()),
         ])
-    sizes = dict.fromkeys(f"{s.task} n={s.n}" for r in runs if (s := r.results.in_domain) and s.n is not None)
+    sizes = dict.fromkeys(f"{s.name or s.task} n={s.n}" for r in runs if (s := r.results.in_domain) and s.n is not None)
     notes = "In-domain test sets: " + ", ".join(sizes) + ". " if sizes else ""
     notes += "Δ general (avg): mean of (trained − base) over the general benchmarks scored for the run and its base."
-    return _table(header, rows) + "\n\n" + notes
+    return table(header, rows) + "\n\n" + notes
 
 
 def _by_base_model(runs: list[Run]) -> list[tuple[str, list[Run]]]:
@@ -126,7 +128,7 @@ def _sources(runs: list[Run]) -> str:
                      MISSING if total is None else str(total), *cells, MISSING if leaked is None else str(leaked)])
     note = ("paraphrases leaked: rewrites the judge passed but the leak check refused for speaking of their prompt "
             "(\"the reference solution\", \"here is my rewrite\"); their rows train on gold.")
-    return _table(["run", "strategy", "total", *SOURCES, "paraphrases leaked"], rows) + "\n\n" + note
+    return table(["run", "strategy", "total", *SOURCES, "paraphrases leaked"], rows) + "\n\n" + note
 
 
 def _count_share(count: int | None, share: float | None, total: int | None) -> str:
@@ -147,11 +149,11 @@ def _likelihood(runs: list[Run]) -> str:
             continue
         rows.append([run.label, lik.base_model, *(
             f"{lik.nll[s]:.3f} ({lik.rows.get(s, MISSING)})" if s in lik.nll else MISSING for s in SOURCES)])
-    return _table(["run", "base model", *SOURCES], rows)
+    return table(["run", "base model", *SOURCES], rows)
 
 
 def _runs(runs: list[Run]) -> str:
-    return _table(
+    return table(
         ["run", "directory", "strategy", "seed", "base model", "trained model"],
         ([r.label, str(r.path), r.strategy or MISSING, MISSING if r.seed is None else str(r.seed),
           r.base_model or MISSING, r.trained_model or MISSING] for r in runs),

@@ -29,6 +29,11 @@ class Run:
     results: Results
     stats: dict[str, Any] | None
     notes: list[str] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def setting(self, key: str) -> Any:
+        """A config value by dotted key (`train.lr`), None when the run's config.yaml lacks it."""
+        return _get(self.config, *key.split("."))
 
     def general_change(self) -> float | None:
         """Mean of (trained − base) over the general benchmarks scored for both, as a fraction."""
@@ -70,6 +75,7 @@ def load_run(run_dir: Path) -> Run:
         results=results,
         stats=stats,
         notes=notes,
+        config=config,
     )
 
 

@@ -16,6 +16,7 @@ from ipaddress import ip_address
 
 from s3ft.config import RayConfig
 from s3ft.errors import S3FTError
+from s3ft.runtime.console import quiet_ray_logger, route_worker_output
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,9 @@ def ray_cluster(settings: RayConfig | None = None) -> Iterator[None]:
 
     started = not ray.is_initialized()
     if started:
+        quiet_ray_logger()
         _start(settings or RayConfig())
+        route_worker_output()
     try:
         yield
     finally:
@@ -45,6 +48,13 @@ def require_ray() -> None:
     if not ray.is_initialized():
         raise S3FTError("Ray is not running: the s3ft commands start it; in a script, wrap the call in "
                         "`with s3ft.runtime.cluster.ray_cluster(): ...`")
+
+
+def state_api_available() -> bool:
+    """Ray's State API (`ray.util.state`) is served by the dashboard: a cluster started without one has none."""
+    from ray._private.services import get_webui_url_from_internal_kv
+
+    return bool(get_webui_url_from_internal_kv())
 
 
 def _start(settings: RayConfig) -> None:

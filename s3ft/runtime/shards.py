@@ -7,6 +7,7 @@ settings get a fresh directory instead of stale shards.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -27,6 +28,15 @@ def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
         os.fsync(fh.fileno())
     tmp.replace(path)
     return count
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file, read in blocks: what a stage that consumes the file is keyed by."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

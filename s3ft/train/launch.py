@@ -66,7 +66,7 @@ def launch_ray(spec: WorkerSpec, cfg: TrainConfig) -> None:
     from s3ft.runtime.cluster import require_ray
 
     require_ray()
-    trainer = TorchTrainer(
+    trainer = _trainer_class(TorchTrainer)(
         _ray_worker,
         train_loop_config={"spec": spec.to_dict()},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=spec.use_gpu),
@@ -80,6 +80,31 @@ def launch_ray(spec: WorkerSpec, cfg: TrainConfig) -> None:
         raise training_failed(spec, f"training worker(s) failed ({ranks or exc})") from exc
     except TrainingFailedError as exc:
         raise training_failed(spec, str(exc).splitlines()[0]) from exc
+
+
+def _trainer_class(base: type) -> type:
+    """TorchTrainer, without Ray Train's placement-group cleaner where the cluster cannot serve it.
+
+    The cleaner is a detached actor that asks Ray's State API, once a second, whether the training
+    controller still lives, and removes the workers' placement group when it does not. The State API is
+    served by the dashboard; on a cluster started without one (s3ft's local cluster by default) every
+    question fails, the cleaner logs "Failed to query Ray Train Controller actor state" and asks again:
+    once per second of training, and for ever if the controller dies, since it can never see it die.
+    There it is left out: the controller removes its placement group when training ends or fails, and
+    a local cluster takes everything with it when the command ends."""
+    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+
+    from s3ft.runtime.cluster import state_api_available
+
+    if state_api_available():
+        return base
+
+    class Trainer(base):  # type: ignore[misc, valid-type]
+        def _create_default_callbacks(self) -> list:
+            callbacks = super()._create_default_callbacks()
+            return [cb for cb in callbacks if not isinstance(cb, PlacementGroupCleanerCallback)]
+
+    return Trainer
 
 
 def training_failed(spec: WorkerSpec, what: str) -> TrainingError:

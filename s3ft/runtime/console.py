@@ -1,0 +1,85 @@
+"""What a person reads: s3ft's own lines and progress bars on the console; the start-up chatter of
+engines, Ray, DeepSpeed and libraries in a log file of the run (`RUN/logs/s3ft.log`). `-v` puts
+everything back on the console.
+
+Two streams carry the chatter: Python logging in this process (routed by logger name) and the
+output of Ray's workers, which the driver receives and, by default, prints; here it is written to
+the log file instead, except the training rank's own `train: ` lines (its progress bar).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+LOG_FILE = Path("logs") / "s3ft.log"
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+OWN_WORKER_PREFIX = "train: "  # what the training rank prints for the person at the console
+WORKER_HANDLER = "ray_print_logs"  # the name Ray registers its printer of worker output under
+
+_state: dict[str, Any] = {"verbose": True, "file": None}
+worker_log = logging.getLogger("workers")  # not under "ray": Ray's logger does not propagate
+
+
+class _OwnLines(logging.Filter):
+    """On the console: s3ft's records, and anyone's errors."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name.split(".")[0] == "s3ft" or record.levelno >= logging.ERROR
+
+
+def setup(verbose: bool) -> None:
+    """Console logging for a command: everything with `verbose`, else s3ft's own lines only."""
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(logging.Formatter(FORMAT))
+    if not verbose:
+        console.addFilter(_OwnLines())
+    root.handlers = [console]
+    logging.captureWarnings(True)
+    _state.update(verbose=verbose, file=None)
+
+
+def log_to(run_dir: str | Path) -> Path:
+    """Send everything (also what the console leaves out) to RUN/logs/s3ft.log; say where, once."""
+    path = Path(run_dir) / LOG_FILE
+    if _state["file"] == path:
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter(FORMAT))
+    root = logging.getLogger()
+    root.handlers = [h for h in root.handlers if not isinstance(h, logging.FileHandler)] + [handler]
+    _state["file"] = path
+    if not _state["verbose"]:
+        print(f"s3ft: engine, Ray and library logs go to {path} (-v shows them here)", file=sys.stderr, flush=True)
+    return path
+
+
+def quiet_ray_logger() -> None:
+    """Before `ray.init`: Ray's own logger prints to stderr itself; route it through ours (to the file)."""
+    if not _state["verbose"]:
+        ray_log = logging.getLogger("ray")
+        ray_log.handlers, ray_log.propagate = [], True
+
+
+def route_worker_output() -> None:
+    """Once Ray is up: workers' output to the log file instead of the console, unless verbose."""
+    if _state["verbose"]:
+        return
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    dispatcher.remove_handler(WORKER_HANDLER)
+    dispatcher.add_handler(WORKER_HANDLER, _worker_lines)
+
+
+def _worker_lines(batch: dict[str, Any]) -> None:
+    who = batch.get("actor_name") or batch.get("task_name") or "worker"
+    for line in batch.get("lines", []):
+        if line.split("\r")[-1].startswith(OWN_WORKER_PREFIX):  # a progress bar redraws after a carriage return
+            print(line, file=sys.stderr, flush=True)
+        else:
+            worker_log.info("(%s pid=%s) %s", who, batch.get("pid"), line)

@@ -1,0 +1,75 @@
+"""The console shows s3ft's own lines; engines', Ray's and libraries' output goes to RUN/logs/s3ft.log,
+`-v` brings it back, and Ray Train's placement-group cleaner no longer repeats its warning."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from s3ft.runtime import console
+from tests.test_run import REPO, reduced_config
+
+CLEANER = "Failed to query Ray Train Controller"
+WORKER_LINE = re.compile(r"^\(\S+ pid=\d+")  # how Ray prefixes a worker's line on the driver's console
+
+
+def test_worker_output_goes_to_the_log_file_except_the_training_bar(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    console.setup(verbose=False)
+    try:
+        path = console.log_to(tmp_path / "run")
+        assert console.log_to(tmp_path / "run") == path  # said once
+        console._worker_lines({"pid": 7, "actor_name": "_EngineActor",
+                               "lines": ["INFO engine core started", "\rtrain:  50%|█████     | 5/10"]})
+        logging.getLogger("vllm.engine").warning("chatter")
+        logging.getLogger("s3ft.pipeline.run").info("stage 2/4: train")
+        err = capsys.readouterr().err
+        assert err.count("logs go to") == 1 and "train:  50%" in err and "stage 2/4: train" in err
+        assert "engine core started" not in err and "chatter" not in err
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        log = path.read_text()
+        assert "(_EngineActor pid=7) INFO engine core started" in log and "chatter" in log
+    finally:
+        console.setup(verbose=True)
+        logging.getLogger().handlers = []
+
+
+def _s3ft(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return subprocess.run([sys.executable, "-m", "s3ft.cli", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=1800, check=False)
+
+
+@pytest.mark.slow
+def test_console_is_quiet_and_verbose_brings_everything_back(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Training under Ray Train (the placement-group cleaner's home) and an evaluation with a vLLM engine
+    (the engine's start-up chatter), then the same evaluation with -v."""
+    out = tmp_path / "quiet_run"
+    config = str(reduced_config(tmp_path, tiny_model_dir, out, launcher="ray"))
+    base_only = ["--set", "selection.strategy=sft", "--set", "eval.models=[base]", "--set", "eval.likelihood=false"]
+    shown = ""
+    for command in (["data", config, *base_only], ["train", config, *base_only], ["eval", config, *base_only]):
+        done = _s3ft(*command)
+        assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+        shown += done.stdout + done.stderr
+    log = (out / "logs" / "s3ft.log").read_text()
+    assert shown.count(f"logs go to {out / 'logs' / 's3ft.log'}") == 3  # once per command
+    assert "model written to" in shown and "evaluation of quiet_run" in shown
+    assert not [line for line in shown.splitlines() if WORKER_LINE.match(line)]  # no engine/worker chatter
+    assert "Started a local Ray instance" not in shown and "Started a local Ray instance" in log
+    assert re.search(r"\(_EngineActor pid=\d+\)", log)  # the engine's output went to the file
+    assert CLEANER not in shown and CLEANER not in log  # the cause is gone, not just hidden
+
+    # fresh test rows (limit 3), so an engine starts again
+    again = _s3ft("-v", "eval", config, *base_only, "--set", "eval.base_cache=false", "--set", "eval.limit=3")
+    shown = again.stdout + again.stderr
+    assert again.returncode == 0, shown[-3000:]
+    assert [line for line in shown.splitlines() if WORKER_LINE.match(line)]  # -v: the engine speaks again
+    assert "logs go to" not in shown
