@@ -367,3 +367,18 @@ def test_train_has_its_real_signature_and_importing_it_stays_light():
     probe = "import sys, s3ft.train; print(sorted(m for m in ('torch', 'deepspeed') if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_saved_rows_are_opened_memory_mapped_and_read_only(tokenizer, tmp_path):
+    from s3ft.train.tokenize import TokenizedSet
+
+    data, _ = tokenize_rows(tokenizer, write_rows(tmp_path / "m.jsonl", qa_rows(30)), max_seq_len=64,
+                            truncation="error")
+    data.save(tmp_path / "rows")
+    loaded = TokenizedSet.load(tmp_path / "rows")
+    for name in ("ids", "tokens", "offsets", "prompt_lens"):
+        array = getattr(loaded, name)
+        assert isinstance(array, np.memmap) and not array.flags.writeable, name
+        assert np.array_equal(array, getattr(data, name)), name
+    assert [loaded.ids[i] for i in range(3)] == [str(i) for i in data.ids[:3]]
+    assert all(np.array_equal(loaded.row(i), data.row(i)) for i in range(len(data)))

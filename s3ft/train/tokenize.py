@@ -55,8 +55,9 @@ class TokenizedSet:
             prompt_lens=self.prompt_lens[index].astype(np.int32),
         )
 
-    def save(self, folder: Path) -> None:
+    def save(self, folder: Path | str) -> None:
         """One .npy per array, each written to a temporary name and renamed: a reader never sees half a file."""
+        folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         for name in ARRAYS:
             tmp = folder / f"{name}.{os.getpid()}.tmp.npy"
@@ -64,9 +65,9 @@ class TokenizedSet:
             tmp.replace(folder / f"{name}.npy")
 
     @classmethod
-    def load(cls, folder: Path) -> TokenizedSet:
+    def load(cls, folder: Path | str) -> TokenizedSet:
         """The saved arrays, memory-mapped read-only (nothing is copied into this process)."""
-        return cls(**{name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in ARRAYS})
+        return cls(**{name: np.load(Path(folder) / f"{name}.npy", mmap_mode="r") for name in ARRAYS})
 
 
 @dataclass
