@@ -74,6 +74,9 @@ class TrainConfig(Section):
     )
     num_workers: int = Field(1, gt=0, description="Ranks (one per GPU on GPU machines).")
     use_gpu: bool | Literal["auto"] = Field("auto", description="Train on GPUs; auto: when CUDA is available.")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="launcher ray: how ranks spread over nodes (Ray placement strategy); PACK fills a node first."
+    )
     peak_tflops: float | None = Field(
         None, gt=0, description="Per-device peak TFLOP/s for the MFU estimate; default: known GPUs, none on CPU."
     )

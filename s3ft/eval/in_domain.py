@@ -53,7 +53,7 @@ def evaluate_in_domain(cfg: Config, label: str, model_path: str) -> dict[str, An
         return render_prompt(tokenizer, row["messages"])
 
     with contextlib.ExitStack() as stack:
-        pool = lazy_pool(stack, cfg.model.model_copy(update={"path": model_path}), gen)
+        pool = lazy_pool(stack, cfg.model.model_copy(update={"path": model_path}), gen, (run_dir, f"eval-{label}"))
         run_stage(loaded, generated, generate_into(pool, greedy, "response", prompt, first=True), f"eval {label}: generate")
         run_stage(generated, judged, judge_into(cfg.judge, "response", "verdict", pool.cpu_slots), f"eval {label}: judge")
 

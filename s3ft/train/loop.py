@@ -63,6 +63,7 @@ def run_worker(spec: WorkerSpec) -> None:
     deepspeed.init_distributed(dist_backend="nccl" if spec.use_gpu else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     dist.barrier()  # under torchrun, rank 0 wrote the tokenized rows just before
+    _record_ranks(run_dir, rank, world)
     device = torch.device("cuda", torch.cuda.current_device()) if spec.use_gpu else torch.device("cpu")
     try:
         _train(spec, cfg, run_dir, rank, world, device)
@@ -70,6 +71,18 @@ def run_worker(spec: WorkerSpec) -> None:
         if owns_group:
             torch.distributed.destroy_process_group()
             _forget_deepspeed_groups()
+
+
+def _record_ranks(run_dir: Path, rank: int, world: int) -> None:
+    """Rank 0 writes where every rank runs (gathered over the process group itself, so the file also
+    shows the rendezvous reached every rank's address) to logs/placement/train.json."""
+    from s3ft.runtime.placement import here, record
+
+    mine = here() | {"rank": rank, "master": f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"}
+    everyone: list[dict | None] = [None] * world
+    torch.distributed.all_gather_object(everyone, mine)
+    if rank == 0:
+        record(run_dir, "train", [e for e in everyone if e is not None])
 
 
 def _forget_deepspeed_groups() -> None:
