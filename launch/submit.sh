@@ -11,6 +11,8 @@
 #   --sweep     submit `s3ft sweep CONFIG ...` (a grid of runs, one job) instead of `s3ft run`
 # The token: $RAY_AUTH_TOKEN, else the file $RAY_AUTH_TOKEN_PATH, else Ray's default (~/.ray/auth_token),
 # the same token the cluster was started with (`ray get-auth-token --generate` makes one).
+# NCCL_SOCKET_IFNAME, GLOO_SOCKET_IFNAME, NCCL_IB_HCA and S3FT_WATCHDOG_S, when set here, go to every
+# process of the job (driver, engines, judges, training ranks) through the job's runtime env.
 set -euo pipefail
 
 address="${RAY_ADDRESS:-http://127.0.0.1:8265}"
@@ -34,6 +36,10 @@ repo="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$repo"
 # The job runs in a copy of the repo (the working dir); run outputs belong on shared storage, so
 # output_dir should be an absolute path that every node sees.
-exec ray job submit --address "$address" --working-dir "$repo" \
-  --runtime-env-json '{"env_vars": {"RAY_AUTH_MODE": "token"}, "excludes": [".venv", ".cache", "runs", ".git"]}' \
+runtime_env="$(python3 -c '
+import json, os
+passed = ("NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME", "NCCL_IB_HCA", "S3FT_WATCHDOG_S")
+env = {"RAY_AUTH_MODE": "token"} | {k: os.environ[k] for k in passed if k in os.environ}
+print(json.dumps({"env_vars": env, "excludes": [".venv", ".cache", "runs", ".git"]}))')"
+exec ray job submit --address "$address" --working-dir "$repo" --runtime-env-json "$runtime_env" \
   "${wait_flag[@]}" -- s3ft "$command" "$config" "$@"

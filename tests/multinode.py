@@ -8,7 +8,8 @@ Each node is a `ray start --block` in namespaces of its own (`unshare --pid --mo
   127.0.0.(i+2); Ray's processes on a node bind and advertise that address, so a component that
   reaches "the driver's host" instead of the node a thing runs on talks to the wrong node (these
   addresses never leave loopback; Ray would turn 127.0.0.1 itself into the host's network address);
-- a hostname of its own (UTS namespace), `s3ft-head`, `s3ft-node1`, ...;
+- a hostname of its own (UTS namespace), `s3ft-head`, `s3ft-node1`, ..., which every node resolves
+  to that node's address (an /etc/hosts of the rig's, bound in each node's mount namespace);
 - a pid namespace: killing the node's first process kills every process of the node at once, as when a
   machine dies (`kill_node`), and nothing it started can outlive it — no orphan survives a teardown;
 - a mount namespace: a node can be given a private directory at any path (`private_dirs`), as a node
@@ -131,7 +132,8 @@ class Rig:
         else:
             args += [f"--address={self.gcs_address}"]
         mounts = "".join(f"mkdir -p {d!r} && mount -t tmpfs s3ft-private {d!r} && " for d in node.private_dirs)
-        script = f"hostname {node.name} && {mounts}exec \"$@\""
+        hosts = f"mount --bind {str(self.root / 'hosts')!r} /etc/hosts && " if (self.root / "hosts").is_file() else ""
+        script = f"hostname {node.name} && {hosts}{mounts}exec \"$@\""
         log = (self.root / f"{node.name}.log").open("ab")
         node.proc = subprocess.Popen(
             # setpriv: SIGKILL when the process that started it dies (even by SIGKILL)
@@ -259,6 +261,11 @@ def multinode_cluster(
     root = Path(tempfile.mkdtemp(prefix="s3ft-rig-", dir="/tmp"))  # short: Ray's socket paths fit in 107 bytes
     rig = Rig(root, free_port(), free_port(), secrets.token_hex(32))
     private = private_dirs or {}
+    names = {HEAD_NAME: HEAD_ADDRESS} | {f"s3ft-node{i}": f"127.0.0.{i + 2}" for i in range(1, len(worker_cpus) + 1)}
+    # Every node resolves every node's hostname to its address, as a cluster's DNS would (Gloo binds to
+    # the address its hostname resolves to, and falls back to 127.0.0.1 when it resolves to nothing).
+    (root / "hosts").write_text(Path("/etc/hosts").read_text()
+                                + "".join(f"{ip} {name}\n" for name, ip in names.items()))
     try:
         rig.start_node(Node(HEAD_NAME, HEAD_ADDRESS, head_cpus, root / "head", tuple(private.get(HEAD_NAME, ()))),
                        head=True)

@@ -179,10 +179,16 @@ def test_the_config_takes_an_endpoint_or_a_model_not_both(tmp_path: Path) -> Non
 
 
 def test_replies_already_paid_for_are_kept_when_the_stage_stops(tmp_path: Path) -> None:
-    """The first request meets a 401 at once; the two in flight beside it still arrive and are cached."""
+    """The first request meets a 401 once the two beside it are in flight; those still arrive and are cached."""
+    all_sent = threading.Event()
 
     def script(n: int, body: dict[str, Any]) -> tuple[int, dict[str, str], str, float]:
-        return (401, {}, "{}", 0.0) if n == 0 else (200, {}, grade(body), 0.5)
+        if n == 2:
+            all_sent.set()
+        if n == 0:
+            assert all_sent.wait(30), "the client never had three requests in flight"
+            return 401, {}, "{}", 0.0
+        return 200, {}, grade(body), 0.5
 
     with serving(script) as (server, url):
         stopped = judge(url, tmp_path, max_concurrency=3)

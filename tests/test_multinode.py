@@ -21,7 +21,8 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 ray.init(log_to_driver=False)
 @ray.remote(num_cpus=1)
 def probe():
-    return {"host": socket.gethostname(), "ip": ray.util.get_node_ip_address(), "pidns": os.readlink("/proc/self/ns/pid")}
+    return {"host": socket.gethostname(), "ip": ray.util.get_node_ip_address(), "pidns": os.readlink("/proc/self/ns/pid"),
+            "resolved": socket.gethostbyname(socket.gethostname())}
 nodes = [n for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU")]
 print(json.dumps(ray.get([probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote()
                           for n in nodes])))
@@ -39,6 +40,7 @@ def test_each_node_has_its_own_address_hostname_cpus_and_processes(multinode_rig
     assert out.returncode == 0, out.stderr[-3000:]
     seen = json.loads(out.stdout.strip().splitlines()[-1])
     assert sorted((s["host"], s["ip"]) for s in seen) == [("s3ft-node1", "127.0.0.3"), ("s3ft-node2", "127.0.0.4")]
+    assert all(s["resolved"] == s["ip"] for s in seen)  # a node's hostname resolves to its own address
     ours = os.readlink("/proc/self/ns/pid")
     assert len({s["pidns"] for s in seen} | {ours}) == 3  # each node's processes in a pid namespace of its own
 

@@ -274,5 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"s3ft {args.command}: interrupted; finished shards are kept, run again to resume", file=sys.stderr)
         return 130
+    finally:
+        console.close()
     return 0
 

@@ -78,6 +78,9 @@ class TrainConfig(Section):
         "process group, both launchers); long because ranks wait while rank 0 writes the exported model.",
     )
     use_gpu: bool | Literal["auto"] = Field("auto", description="Train on GPUs; auto: when CUDA is available.")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="launcher ray: how ranks spread over nodes (Ray placement strategy); PACK fills a node first."
+    )
     peak_tflops: float | None = Field(
         None, gt=0, description="Per-device peak TFLOP/s for the MFU estimate; default: known GPUs, none on CPU."
     )

@@ -79,7 +79,7 @@ def evaluate_in_domain(cfg: Config, label: str, model_path: str, cache: Path | N
 
     def compute() -> dict[str, dict[str, Any]]:
         with contextlib.ExitStack() as stack:
-            pool = lazy_pool(stack, cfg.model.model_copy(update={"path": model_path}), gen)
+            pool = lazy_pool(stack, cfg.model.model_copy(update={"path": model_path}), gen, (run_dir, f"eval-{label}"))
             for name, (generated, scored) in judged.items():
                 run_stage(sets[name].loaded, generated, generate_into(pool, greedy, "response", prompt, first=True),
                           f"eval {label} ({name}): generate")

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 from s3ft.config import GenerationConfig, ModelConfig
 from s3ft.generation.base import Sampling
+from s3ft.runtime import placement
 from s3ft.runtime.lending import CpuSlot
 from s3ft.runtime.stage import Mapper, Shard
 
@@ -19,8 +21,9 @@ class LazyPool:
     """Engines start only when a stage has work left: a finished run re-run starts none.
     `pool()` starts them (once); `pool.cpu_slots()` lends their CPUs to the judges, none before they start."""
 
-    def __init__(self, stack: contextlib.ExitStack, model: ModelConfig, gen: GenerationConfig) -> None:
-        self._stack, self._model, self._gen = stack, model, gen
+    def __init__(self, stack: contextlib.ExitStack, model: ModelConfig, gen: GenerationConfig,
+                 record: tuple[Path, str] | None = None) -> None:
+        self._stack, self._model, self._gen, self._record = stack, model, gen, record
         self._pool: Any = None
 
     def __call__(self) -> Any:
@@ -28,14 +31,18 @@ class LazyPool:
             from s3ft.generation.ray_pool import GenerationPool
 
             self._pool = self._stack.enter_context(GenerationPool(self._model, self._gen))
+            if self._record:
+                placement.record(*self._record, self._pool.placement)
         return self._pool
 
     def cpu_slots(self) -> list[CpuSlot]:
         return self._pool.cpu_slots() if self._pool is not None else []
 
 
-def lazy_pool(stack: contextlib.ExitStack, model: ModelConfig, gen: GenerationConfig) -> LazyPool:
-    return LazyPool(stack, model, gen)
+def lazy_pool(stack: contextlib.ExitStack, model: ModelConfig, gen: GenerationConfig,
+              record: tuple[Path, str] | None = None) -> LazyPool:
+    """`record`: (run_dir, role) to write where the engines run to run_dir/logs/placement/ROLE.json."""
+    return LazyPool(stack, model, gen, record)
 
 
 def generate_into(

@@ -13,6 +13,7 @@ CPUs itself: while the engines wait between stages, the judges run in those CPUs
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
@@ -31,6 +32,7 @@ from s3ft.runtime.cluster import require_ray
 from s3ft.runtime.lending import CpuSlot
 
 K = TypeVar("K")
+log = logging.getLogger(__name__)
 
 MAX_SHARD_ATTEMPTS = 3  # a shard whose engine died this often is a crash, not bad luck
 PLACEMENT_TIMEOUT_S = 600.0  # long enough for an autoscaler to add a node
@@ -65,6 +67,11 @@ class _EngineActor:
         self.ready()
         return self._backend.generate(prompts, sampling)
 
+    def where(self) -> dict[str, Any]:
+        from s3ft.runtime.placement import here
+
+        return here()
+
     def close(self) -> None:
         close = getattr(self._backend, "close", None)
         if close is not None:
@@ -83,6 +90,7 @@ def engine_bundles(gen: GenerationConfig, on_gpu: bool) -> list[dict[str, float]
 class _Engine:
     actor: Any  # ActorHandle
     group: PlacementGroup
+    where: dict[str, Any] | None = None  # its node (runtime.placement.here), once it is ready
 
 
 @dataclass
@@ -114,7 +122,9 @@ class GenerationPool:
         self.on_gpu = gen.device == "cuda" or (gen.device == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
         self.restarts = 0
         self._launched = 0
+        self.placement: list[dict[str, Any]] = []  # where each engine ran, replacements appended
         self._engines: list[_Engine] = []
+        self._starting: dict[ray.ObjectRef, _Engine] = {}  # replacements, by their `ready` call
         try:
             self._engines = [self._launch() for _ in range(gen.num_engines)]
             self._wait_ready()
@@ -203,22 +213,43 @@ class GenerationPool:
             ray.get([e.actor.ready.remote() for e in self._engines])
         except RayTaskError as exc:
             raise (exc.cause if isinstance(exc.cause, S3FTError) else exc) from None
+        for engine in self._engines:
+            engine.where = ray.get(engine.actor.where.remote())
+            self.placement.append(engine.where)
 
     def _retire(self, engine: _Engine) -> None:
         ray.kill(engine.actor, no_restart=True)
         remove_placement_group(engine.group)
 
     def _replace(self, dead: _Engine) -> None:
-        """Swap a dead engine for a fresh one; its start overlaps with the other engines' work."""
+        """Retire a dead engine and start a fresh one. The fresh one takes work only once it is placed and
+        ready (`_admit`): until then, and for ever if its node is gone and no other has room, the other
+        engines do the work."""
         self._retire(dead)
-        self._engines[self._engines.index(dead)] = self._launch()
+        self._engines.remove(dead)
+        fresh = self._launch()
+        self._starting[fresh.actor.ready.remote()] = fresh
         self.restarts += 1
+
+    def _admit(self, ref: ray.ObjectRef) -> None:
+        engine = self._starting.pop(ref)
+        try:
+            ray.get(ref)
+            engine.where = ray.get(engine.actor.where.remote())
+        except (RayActorError, RayTaskError) as exc:
+            log.warning("generation: a replacement engine failed to start (%s)", type(exc).__name__)
+            self._retire(engine)
+            return
+        self._engines.append(engine)
+        self.placement.append(engine.where)
+        log.info("generation: a replacement engine is ready on %s", _node(engine.where))
 
     def generate_shards(
         self, items: Iterable[tuple[K, list[str]]], sampling: Sampling
     ) -> Iterator[tuple[K, list[list[str]]]]:
         """Yield `(key, completions)` per shard as it finishes (any order); `items` is read lazily,
-        at most `shards_in_flight` shards per engine ahead of the results."""
+        at most `shards_in_flight` shards per engine ahead of the results. A shard whose engine died
+        (or whose node was lost) is redone on another engine, and the log says which node and shard."""
         source = iter(items)
         retry: deque[_Shard] = deque()
         running: dict[ray.ObjectRef, tuple[_Shard, _Engine]] = {}
@@ -238,15 +269,27 @@ class GenerationPool:
                     shard.attempts += 1
                     running[engine.actor.generate.remote(shard.prompts, sampling)] = (shard, engine)
 
-        submit()
-        while running:
-            (ref,), _ = ray.wait(list(running), num_returns=1)
+        while True:
+            submit()
+            if not running:
+                if not self._engines and not self._starting:
+                    raise S3FTError("generation: every engine died and none could be started again")
+                if not self._engines:  # work is left (or may be): wait for a replacement
+                    self._admit(ray.wait(list(self._starting), num_returns=1)[0][0])
+                    continue
+                break
+            (ref,), _ = ray.wait([*running, *self._starting], num_returns=1)
+            if ref in self._starting:
+                self._admit(ref)
+                continue
             shard, engine = running.pop(ref)
             try:
                 completions = ray.get(ref)
-            except RayActorError:
+            except RayActorError as exc:
                 if shard.attempts >= MAX_SHARD_ATTEMPTS:
                     raise
+                log.warning("generation: shard %s is redone: its engine on %s died (%s)", shard.key,
+                            _node(engine.where), _why(exc, engine))
                 if engine in self._engines:  # its first lost shard: replace it once
                     self._replace(engine)
                 retry.append(shard)
@@ -254,12 +297,27 @@ class GenerationPool:
                 raise (exc.cause if isinstance(exc.cause, S3FTError) else exc) from None
             else:
                 yield shard.key, completions
-            submit()
 
     def shutdown(self) -> None:
         """Stop the engines (their own subprocesses too) and hand their resources back to the cluster."""
+        for starting in list(self._starting.values()):
+            self._retire(starting)
+        self._starting = {}
         engines, self._engines = self._engines, []
         if engines:
             ray.wait([e.actor.close.remote() for e in engines], num_returns=len(engines), timeout=30)
         for engine in engines:
             self._retire(engine)
+
+
+def _node(where: dict[str, Any] | None) -> str:
+    return "an unknown node" if where is None else f"node {where['address']} ({where['hostname']})"
+
+
+def _why(exc: Exception, engine: _Engine) -> str:
+    """Whether the engine's node is gone (a lost machine) or only the engine died."""
+    node_id = (engine.where or {}).get("node_id")
+    alive = {n["NodeID"]: n["Alive"] for n in ray.nodes()}
+    if node_id and not alive.get(node_id, False):
+        return "its node is lost"
+    return type(exc).__name__

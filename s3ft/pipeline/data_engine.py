@@ -80,7 +80,7 @@ def _self_and_paraphrase(
     judged = ShardStore(stages, "judge", stage_key(generated.key, judge_key))
 
     with contextlib.ExitStack() as stack:
-        pool = lazy_pool(stack, cfg.model.model_copy(update={"path": model_path}), gen)
+        pool = lazy_pool(stack, cfg.model.model_copy(update={"path": model_path}), gen, (Path(cfg.output_dir), "generate"))
         run_stage(loaded, generated, generate_into(pool, sampling, "responses",
                                                     lambda row: render_prompt(tokenizer, row["messages"])),
                   "generate")

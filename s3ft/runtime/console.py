@@ -45,9 +45,12 @@ def setup(verbose: bool) -> None:
 
 def log_to(run_dir: str | Path) -> Path:
     """Send everything (also what the console leaves out) to RUN/logs/s3ft.log; say where, once."""
+    from s3ft.runtime.preflight import check_output_dir
+
     path = Path(run_dir) / LOG_FILE
     if _state["file"] == path:
         return path
+    check_output_dir(Path(run_dir))  # an unwritable or full run directory is the user's error, said first
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter(FORMAT))
@@ -57,6 +60,15 @@ def log_to(run_dir: str | Path) -> Path:
     if not _state["verbose"]:
         print(f"s3ft: engine, Ray and library logs go to {path} (-v shows them here)", file=sys.stderr, flush=True)
     return path
+
+
+def close() -> None:
+    """Close the run's log file when the command ends (an open file keeps its disk busy)."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
+        root.removeHandler(handler)
+        handler.close()
+    _state["file"] = None
 
 
 def quiet_ray_logger() -> None:

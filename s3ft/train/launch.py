@@ -69,7 +69,8 @@ def launch_ray(spec: WorkerSpec, cfg: TrainConfig) -> None:
     trainer = _trainer_class(TorchTrainer)(
         _ray_worker,
         train_loop_config={"spec": spec.to_dict()},
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=spec.use_gpu),
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=spec.use_gpu,
+                                     placement_strategy=cfg.placement_strategy),
         torch_config=TorchConfig(backend="nccl" if spec.use_gpu else "gloo", timeout_s=cfg.collective_timeout_s),
         run_config=RunConfig(name="train", storage_path=str(Path(spec.run_dir) / "ray")),
     )

@@ -41,10 +41,23 @@ def run_worker(spec: WorkerSpec) -> None:
         check_device(spec)
         rank, world = dist.get_rank(), dist.get_world_size()
         dist.barrier()  # the rows were written just before (by the driver, or local rank 0 under torchrun)
+        _record_ranks(run_dir, rank, world)
         device = torch.device("cuda", torch.cuda.current_device()) if spec.use_gpu else torch.device("cpu")
         _train(spec, cfg, run_dir, rank, world, device)
     finally:
         groups.release()
+
+
+def _record_ranks(run_dir: Path, rank: int, world: int) -> None:
+    """Rank 0 writes where every rank runs (gathered over the process group itself, so the file also
+    shows the rendezvous reached every rank's address) to logs/placement/train.json."""
+    from s3ft.runtime.placement import here, record
+
+    mine = here() | {"rank": rank, "master": f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"}
+    everyone: list[dict | None] = [None] * world
+    torch.distributed.all_gather_object(everyone, mine)
+    if rank == 0:
+        record(run_dir, "train", [e for e in everyone if e is not None])
 
 
 def check_device(spec: WorkerSpec) -> None:
