@@ -1,0 +1,88 @@
+"""Losing a node, on the rig (a head without CPUs, two 1-CPU workers): a worker node killed outright
+during generation (every one of its processes at once, as when a machine dies) — the run finishes on
+the other node, every row exactly once, and the log names the lost node and the shards redone; and a
+killed run leaves no process behind."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.multinode import Rig
+from tests.test_multinode_data import data_config, s3ft
+
+pytestmark = pytest.mark.slow
+
+
+def generated_shards(out: Path) -> int:
+    return len(list(out.glob("stages/generate-*/shard-*.jsonl")))
+
+
+def run_processes(rig: Rig, *names: str) -> list[str]:
+    """Processes on the rig's worker nodes that belong to a run: engine actors, vLLM's engine cores."""
+    found = []
+    for node in ("s3ft-node1", "s3ft-node2"):
+        for pid in rig.node_pids(node):
+            try:
+                title = " ".join(psutil.Process(pid).cmdline())
+            except psutil.Error:
+                continue
+            if any(n in title for n in names):
+                found.append(f"{node}: {pid} {title[:80]}")
+    return found
+
+
+def test_a_node_lost_during_generation(multinode_rig: Rig, tmp_path: Path, tiny_model_dir: Path) -> None:
+    rig = multinode_rig
+    out = tmp_path / "lost_node"
+    config = data_config(tmp_path, tiny_model_dir, out, shard_size=1, max_tokens=48)
+    proc = s3ft(rig, "data", str(config), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 600
+        while generated_shards(out) < 1:
+            assert proc.poll() is None and time.monotonic() < deadline, "generation never wrote a shard"
+            time.sleep(0.2)
+        killed = time.monotonic()
+        rig.kill_node("s3ft-node2")
+        _, err = proc.communicate(timeout=900)
+        recovered = time.monotonic() - killed
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        rig.restart_node("s3ft-node2")
+    assert proc.returncode == 0, err[-4000:]
+    ids = [json.loads(line)["id"] for line in (out / "data" / "merged.jsonl").read_text().splitlines()]
+    assert len(ids) == len(set(ids)) == 8  # every row exactly once
+    redone = re.findall(r"shard (\d+) is redone: its engine on node 127\.0\.0\.4 \(s3ft-node2\) died "
+                        r"\(its node is lost\)", err)
+    print(f"node lost after the first shard; run finished {recovered:.0f} s later; shards redone: {redone}")
+    assert redone, err[-4000:]
+    assert run_processes(rig, "_EngineActor", "VLLM::EngineCore") == []
+
+
+def test_a_killed_run_leaves_no_process_on_any_node(multinode_rig: Rig, tmp_path: Path, tiny_model_dir: Path) -> None:
+    """The driver SIGKILLed mid-generation: its engine actors, their vLLM engine cores and every other
+    process of the run are gone from every node shortly after."""
+    rig = multinode_rig
+    out = tmp_path / "killed_run"
+    proc = s3ft(rig, "data", str(data_config(tmp_path, tiny_model_dir, out, shard_size=1, max_tokens=48)),
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 600
+    while generated_shards(out) < 1:
+        assert proc.poll() is None and time.monotonic() < deadline, "generation never wrote a shard"
+        time.sleep(0.2)
+    assert run_processes(rig, "VLLM::EngineCore")  # the engines run on the nodes now
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed = time.monotonic()
+    while (left := run_processes(rig, "_EngineActor", "VLLM::EngineCore")) and time.monotonic() - killed < 120:
+        time.sleep(1)
+    print(f"the killed run's processes were gone {time.monotonic() - killed:.0f} s after the kill")
+    assert left == []
