@@ -17,6 +17,7 @@ from tests.test_run import REPO, reduced_config
 
 CLEANER = "Failed to query Ray Train Controller"
 WORKER_LINE = re.compile(r"^\(\S+ pid=\d+")  # how Ray prefixes a worker's line on the driver's console
+ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours that prefix
 
 
 def test_worker_output_goes_to_the_log_file_except_the_training_bar(tmp_path: Path,
@@ -42,9 +43,11 @@ def test_worker_output_goes_to_the_log_file_except_the_training_bar(tmp_path: Pa
 
 
 def _s3ft(*args: str) -> subprocess.CompletedProcess[str]:
+    """The command's console output, colours removed."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    return subprocess.run([sys.executable, "-m", "s3ft.cli", *args], cwd=REPO, env=env, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "s3ft.cli", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=1800, check=False)
+    return subprocess.CompletedProcess(done.args, done.returncode, ANSI.sub("", done.stdout), ANSI.sub("", done.stderr))
 
 
 @pytest.mark.slow
