@@ -30,8 +30,13 @@ def test_worker_output_goes_to_the_log_file_except_the_training_bar(tmp_path: Pa
                                "lines": ["INFO engine core started", "\rtrain:  50%|█████     | 5/10"]})
         logging.getLogger("vllm.engine").warning("chatter")
         logging.getLogger("s3ft.pipeline.run").info("stage 2/4: train")
+        console._worker_lines({"pid": 7, "actor_name": "RayTrainWorker",
+                               "lines": ["train:  60%|██████    | 6/10", "train: 100%|██████████| 10/10"]})
         err = capsys.readouterr().err
-        assert err.count("logs go to") == 1 and "train:  50%" in err and "stage 2/4: train" in err
+        assert err.count("logs go to") == 1 and "stage 2/4: train" in err
+        # the bar's redraws overwrite each other on one line, ended once it is full
+        assert "\rtrain:  50%|█████     | 5/10" in err and "5/10\n" not in err
+        assert "\rtrain:  60%|██████    | 6/10\rtrain: 100%|██████████| 10/10\n" in err
         assert "engine core started" not in err and "chatter" not in err
         for handler in logging.getLogger().handlers:
             handler.flush()
