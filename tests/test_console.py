@@ -17,6 +17,7 @@ from tests.test_run import REPO, reduced_config
 
 CLEANER = "Failed to query Ray Train Controller"
 WORKER_LINE = re.compile(r"^\(\S+ pid=\d+")  # how Ray prefixes a worker's line on the driver's console
+ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours that prefix
 
 
 def test_worker_output_goes_to_the_log_file_except_the_training_bar(tmp_path: Path,
@@ -29,8 +30,13 @@ def test_worker_output_goes_to_the_log_file_except_the_training_bar(tmp_path: Pa
                                "lines": ["INFO engine core started", "\rtrain:  50%|█████     | 5/10"]})
         logging.getLogger("vllm.engine").warning("chatter")
         logging.getLogger("s3ft.pipeline.run").info("stage 2/4: train")
+        console._worker_lines({"pid": 7, "actor_name": "RayTrainWorker",
+                               "lines": ["train:  60%|██████    | 6/10", "train: 100%|██████████| 10/10"]})
         err = capsys.readouterr().err
-        assert err.count("logs go to") == 1 and "train:  50%" in err and "stage 2/4: train" in err
+        assert err.count("logs go to") == 1 and "stage 2/4: train" in err
+        # the bar's redraws overwrite each other on one line, ended once it is full
+        assert "\rtrain:  50%|█████     | 5/10" in err and "5/10\n" not in err
+        assert "\rtrain:  60%|██████    | 6/10\rtrain: 100%|██████████| 10/10\n" in err
         assert "engine core started" not in err and "chatter" not in err
         for handler in logging.getLogger().handlers:
             handler.flush()
@@ -42,9 +48,11 @@ def test_worker_output_goes_to_the_log_file_except_the_training_bar(tmp_path: Pa
 
 
 def _s3ft(*args: str) -> subprocess.CompletedProcess[str]:
+    """The command's console output, colours removed."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    return subprocess.run([sys.executable, "-m", "s3ft.cli", *args], cwd=REPO, env=env, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "s3ft.cli", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=1800, check=False)
+    return subprocess.CompletedProcess(done.args, done.returncode, ANSI.sub("", done.stdout), ANSI.sub("", done.stderr))
 
 
 @pytest.mark.slow

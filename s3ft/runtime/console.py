@@ -91,7 +91,10 @@ def route_worker_output() -> None:
 def _worker_lines(batch: dict[str, Any]) -> None:
     who = batch.get("actor_name") or batch.get("task_name") or "worker"
     for line in batch.get("lines", []):
-        if line.split("\r")[-1].startswith(OWN_WORKER_PREFIX):  # a progress bar redraws after a carriage return
-            print(line, file=sys.stderr, flush=True)
+        text = line.split("\r")[-1]  # a progress bar redraws after a carriage return
+        if text.startswith(OWN_WORKER_PREFIX):
+            bar = "%|" in text  # Ray hands over each redraw as a line: redraw it in place, as tqdm would
+            end = "\n" if not bar or text.startswith(f"{OWN_WORKER_PREFIX}100%") else ""
+            print(f"\r{text}" if bar else text, end=end, file=sys.stderr, flush=True)
         else:
             worker_log.info("(%s pid=%s) %s", who, batch.get("pid"), line)
