@@ -15,12 +15,12 @@ from s3ft.data.load import run_load
 from s3ft.data.prompts import load_templates
 from s3ft.errors import ConfigError
 from s3ft.generation.base import Sampling
-from s3ft.generation.mapper import generate_into, lazy_pool
+from s3ft.generation.mapper import GenerateInto, lazy_pool
 from s3ft.judges.mapper import judge_into
 from s3ft.models.chat import render_prompt
 from s3ft.models.resolve import context_length, load_tokenizer, prompt_fits
 from s3ft.runtime.shards import ShardStore, write_jsonl
-from s3ft.runtime.stage import run_stage
+from s3ft.runtime.stage import Step, run_steps
 
 
 def model_fingerprint(path: str) -> list[tuple[str, int, int]]:
@@ -54,8 +54,10 @@ def evaluate_in_domain(cfg: Config, label: str, model_path: str) -> dict[str, An
 
     with contextlib.ExitStack() as stack:
         pool = lazy_pool(stack, cfg.model.model_copy(update={"path": model_path}), gen)
-        run_stage(loaded, generated, generate_into(pool, greedy, "response", prompt, first=True), f"eval {label}: generate")
-        run_stage(generated, judged, judge_into(cfg.judge, "response", "verdict"), f"eval {label}: judge")
+        run_steps(loaded, [
+            Step(f"eval {label}: generate", generated, GenerateInto(pool, greedy, "response", prompt, first=True)),
+            Step(f"eval {label}: judge", judged, stack.enter_context(judge_into(cfg.judge, "response", "verdict"))),
+        ], stream=gen.stream)
 
     correct = total = 0
 

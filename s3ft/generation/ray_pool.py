@@ -12,9 +12,11 @@ group, vLLM on Ray waits for a GPU that never comes).
 
 from __future__ import annotations
 
+import asyncio
+import heapq
+import itertools
 import os
-from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -25,18 +27,20 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from s3ft.config import GenerationConfig, ModelConfig
 from s3ft.errors import ConfigError, S3FTError
-from s3ft.generation.base import Sampling
+from s3ft.generation.base import EngineLimits, Sampling
 from s3ft.runtime.cluster import require_ray
 
 K = TypeVar("K")
 
 MAX_SHARD_ATTEMPTS = 3  # a shard whose engine died this often is a crash, not bad luck
 PLACEMENT_TIMEOUT_S = 600.0  # long enough for an autoscaler to add a node
+SHARDS_WITHOUT_LIMITS = 2  # shards per engine for backends without a continuous batch (hf)
 
 
 @ray.remote
 class _EngineActor:
-    """One backend in one Ray worker; threaded so several shards can be in the engine at once."""
+    """One backend in one Ray worker. An asyncio actor, so it holds as many shards at once as the
+    pool sends: the vLLM backend takes them into one continuous batch (`submit`), others run in threads."""
 
     def __init__(self, backend: str, options: dict[str, Any], env: dict[str, str | None]) -> None:
         for name, value in env.items():
@@ -55,13 +59,19 @@ class _EngineActor:
         except Exception as exc:  # noqa: BLE001
             self._error = exc
 
-    def ready(self) -> None:
+    def ready(self) -> EngineLimits | None:
+        """The engine's limits once it runs (None for backends without a continuous batch)."""
         if self._error is not None:
             raise self._error
+        limits = getattr(self._backend, "limits", None)
+        return limits() if limits is not None else None
 
-    def generate(self, prompts: list[str], sampling: Sampling) -> list[list[str]]:
+    async def generate(self, prompts: list[str], sampling: Sampling) -> list[list[str]]:
         self.ready()
-        return self._backend.generate(prompts, sampling)
+        submit = getattr(self._backend, "submit", None)
+        if submit is None:
+            return await asyncio.to_thread(self._backend.generate, prompts, sampling)
+        return [await asyncio.wrap_future(f) for f in submit(prompts, sampling)]
 
     def close(self) -> None:
         close = getattr(self._backend, "close", None)
@@ -81,17 +91,20 @@ def engine_bundles(gen: GenerationConfig, on_gpu: bool) -> list[dict[str, float]
 class _Engine:
     actor: Any  # ActorHandle
     group: PlacementGroup
-
-
-@dataclass
-class _Shard:
-    key: Any
-    prompts: list[str]
-    attempts: int = 0
+    limits: EngineLimits | None = None  # reported once started; None: no continuous batch (hf)
+    sequences: int = 0  # sequences it holds now
+    shards: int = 0  # shards it holds now
 
 
 class GenerationPool:
-    """`with GenerationPool(model, gen) as pool: for key, completions in pool.generate_shards(...)`."""
+    """`with GenerationPool(model, gen) as pool: for key, completions in pool.generate_shards(...)`,
+    or from a coroutine `await pool.generate(prompts, sampling)`.
+
+    How much each engine holds at once: with `shards_in_flight` set, that many shards; else (vLLM)
+    shards until the sequences it holds reach what it can run at once (`EngineLimits.sequences`: its
+    `max_num_seqs`, or fewer where its KV cache binds), so the shard that tops it up waits in vLLM's
+    queue and fills slots as sequences end. A crash loses only the shards held.
+    """
 
     def __init__(
         self,
@@ -103,8 +116,7 @@ class GenerationPool:
     ) -> None:
         """`backend_options` go to the backend on top of what the config sets (e.g. vLLM's
         `enforce_eager=True`: no graph compilation, so a faster start for short jobs and tests).
-        `shards_in_flight` per engine bounds what is read ahead of the results; vLLM runs that many
-        shards as one continuous batch, so more keeps a big engine busier."""
+        `shards_in_flight` per engine overrides the engine's own limits (and `gen.shards_in_flight`)."""
         require_ray()
         self.model, self.gen = model, gen
         self._extra_options = dict(backend_options or {})
@@ -112,6 +124,8 @@ class GenerationPool:
         self.on_gpu = gen.device == "cuda" or (gen.device == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
         self.restarts = 0
         self._engines: list[_Engine] = []
+        self._waiting: list[tuple[int, int, int, Sampling, asyncio.Future[_Engine]]] = []  # a heap
+        self._arrivals = itertools.count()
         try:
             self._engines = [self._launch() for _ in range(gen.num_engines)]
             self._wait_ready()
@@ -129,6 +143,11 @@ class GenerationPool:
     def actors(self) -> list[Any]:
         """The live engine actors (for monitoring, and for tests that kill one)."""
         return [e.actor for e in self._engines]
+
+    @property
+    def limits(self) -> list[EngineLimits | None]:
+        """What each engine reported when it started."""
+        return [e.limits for e in self._engines]
 
     def _bundles(self) -> list[dict[str, float]]:
         return engine_bundles(self.gen, self.on_gpu)
@@ -166,18 +185,17 @@ class GenerationPool:
         threads = str(self.gen.cpus_per_engine)
         return quiet | {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": threads}
 
-    def _launch(self) -> _Engine:
+    def _launch(self, limits: EngineLimits | None = None) -> _Engine:
         group = placement_group(self._bundles(), strategy="STRICT_PACK")
         holds_gpu = self.on_gpu and self.gen.tensor_parallel_size == 1
         actor = _EngineActor.options(
             num_cpus=self._bundles()[0]["CPU"],
             num_gpus=1 if holds_gpu else 0,
-            max_concurrency=self.shards_in_flight,
             scheduling_strategy=PlacementGroupSchedulingStrategy(
                 placement_group=group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True
             ),
         ).remote(self.gen.backend, self._backend_options(), self._env())
-        return _Engine(actor, group)
+        return _Engine(actor, group, limits)
 
     def _wait_ready(self) -> None:
         groups = [e.group.ready() for e in self._engines]
@@ -190,61 +208,131 @@ class GenerationPool:
                 "generation.cpus_per_engine / tensor_parallel_size."
             )
         try:
-            ray.get([e.actor.ready.remote() for e in self._engines])
+            limits = ray.get([e.actor.ready.remote() for e in self._engines])
         except RayTaskError as exc:
             raise (exc.cause if isinstance(exc.cause, S3FTError) else exc) from None
+        for engine, engine_limits in zip(self._engines, limits, strict=True):
+            engine.limits = engine_limits
 
     def _retire(self, engine: _Engine) -> None:
         ray.kill(engine.actor, no_restart=True)
         remove_placement_group(engine.group)
 
     def _replace(self, dead: _Engine) -> None:
-        """Swap a dead engine for a fresh one; its start overlaps with the other engines' work."""
+        """Swap a dead engine for a fresh one of the same limits; its start overlaps with the others' work."""
         self._retire(dead)
-        self._engines[self._engines.index(dead)] = self._launch()
+        self._engines[self._engines.index(dead)] = self._launch(dead.limits)
         self.restarts += 1
+
+    # --- admission: which engine takes a shard, and when ------------------------------------------
+
+    def _has_room(self, engine: _Engine, sampling: Sampling) -> bool:
+        if engine.shards == 0:
+            return True
+        if self.shards_in_flight is not None or engine.limits is None:
+            return engine.shards < (self.shards_in_flight or SHARDS_WITHOUT_LIMITS)
+        return engine.sequences < engine.limits.sequences(sampling.max_tokens)
+
+    def _take(self, cost: int, sampling: Sampling) -> _Engine | None:
+        free = [e for e in self._engines if self._has_room(e, sampling)]
+        if not free:
+            return None
+        engine = min(free, key=lambda e: e.sequences)
+        engine.sequences += cost
+        engine.shards += 1
+        return engine
+
+    def _give_back(self, engine: _Engine, cost: int) -> None:
+        engine.sequences -= cost
+        engine.shards -= 1
+        while self._waiting:  # hand the room to the waiting shards, highest priority first
+            _, _, wanted, sampling, future = self._waiting[0]
+            if future.done():  # its caller gave up
+                heapq.heappop(self._waiting)
+                continue
+            taken = self._take(wanted, sampling)
+            if taken is None:
+                return
+            heapq.heappop(self._waiting)
+            future.set_result(taken)
+
+    def has_room(self, sampling: Sampling) -> bool:
+        """Would a shard start on an engine now, rather than wait?"""
+        return not self._waiting and any(self._has_room(e, sampling) for e in self._engines)
+
+    async def _admit(self, cost: int, sampling: Sampling, priority: int) -> _Engine:
+        ahead = self._waiting and self._waiting[0][0] <= -priority  # one waits with as high a priority
+        if not ahead and (engine := self._take(cost, sampling)) is not None:
+            return engine
+        future: asyncio.Future[_Engine] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiting, (-priority, next(self._arrivals), cost, sampling, future))
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():  # room was handed over as it was cancelled
+                self._give_back(future.result(), cost)
+            raise
+
+    # --- generation ---------------------------------------------------------------------------------
+
+    async def generate(self, prompts: list[str], sampling: Sampling, priority: int = 0) -> list[list[str]]:
+        """Completions of one shard, once an engine has room for it (higher `priority` first); a shard
+        whose engine died is redone on a fresh engine."""
+        cost = max(1, len(prompts) * sampling.n)
+        attempts = 0
+        while True:
+            engine = await self._admit(cost, sampling, priority)
+            attempts += 1
+            try:
+                return await asyncio.wrap_future(engine.actor.generate.remote(prompts, sampling).future())
+            except RayActorError:
+                if attempts >= MAX_SHARD_ATTEMPTS:
+                    raise
+                if engine in self._engines:  # its first lost shard: replace it once
+                    self._replace(engine)
+            except RayTaskError as exc:
+                raise (exc.cause if isinstance(exc.cause, S3FTError) else exc) from None
+            finally:
+                self._give_back(engine, cost)
 
     def generate_shards(
         self, items: Iterable[tuple[K, list[str]]], sampling: Sampling
     ) -> Iterator[tuple[K, list[list[str]]]]:
         """Yield `(key, completions)` per shard as it finishes (any order); `items` is read lazily,
-        at most `shards_in_flight` shards per engine ahead of the results."""
+        a shard only when an engine has room for it."""
+        loop = asyncio.new_event_loop()
+        stream = self._stream(items, sampling)
+        try:
+            while True:
+                try:
+                    yield loop.run_until_complete(anext(stream))
+                except StopAsyncIteration:
+                    return
+        finally:
+            loop.run_until_complete(stream.aclose())
+            loop.close()
+
+    async def _stream(
+        self, items: Iterable[tuple[K, list[str]]], sampling: Sampling
+    ) -> AsyncIterator[tuple[K, list[list[str]]]]:
         source = iter(items)
-        retry: deque[_Shard] = deque()
-        running: dict[ray.ObjectRef, tuple[_Shard, _Engine]] = {}
-
-        def next_shard() -> _Shard | None:
-            if retry:
-                return retry.popleft()
-            item = next(source, None)
-            return None if item is None else _Shard(item[0], list(item[1]))
-
-        def submit() -> None:
-            for engine in self._engines:
-                while sum(e is engine for _, e in running.values()) < self.shards_in_flight:
-                    shard = next_shard()
-                    if shard is None:
-                        return
-                    shard.attempts += 1
-                    running[engine.actor.generate.remote(shard.prompts, sampling)] = (shard, engine)
-
-        submit()
-        while running:
-            (ref,), _ = ray.wait(list(running), num_returns=1)
-            shard, engine = running.pop(ref)
-            try:
-                completions = ray.get(ref)
-            except RayActorError:
-                if shard.attempts >= MAX_SHARD_ATTEMPTS:
-                    raise
-                if engine in self._engines:  # its first lost shard: replace it once
-                    self._replace(engine)
-                retry.append(shard)
-            except RayTaskError as exc:
-                raise (exc.cause if isinstance(exc.cause, S3FTError) else exc) from None
-            else:
-                yield shard.key, completions
-            submit()
+        running: dict[asyncio.Task[list[list[str]]], K] = {}
+        try:
+            while True:
+                while not running or self.has_room(sampling):
+                    if (item := next(source, None)) is None:
+                        break
+                    running[asyncio.create_task(self.generate(list(item[1]), sampling))] = item[0]
+                    await asyncio.sleep(0)  # it takes its room now, before the next shard is weighed
+                if not running:
+                    return
+                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    yield running.pop(task), task.result()
+        finally:
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
 
     def shutdown(self) -> None:
         """Stop the engines (their own subprocesses too) and hand their resources back to the cluster."""
