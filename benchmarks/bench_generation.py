@@ -31,8 +31,9 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from s3ft.config import GenerationConfig, ModelConfig
-from s3ft.generation import GenerationPool, Sampling
+from s3ft.generation import Sampling
 from s3ft.generation.mapper import GenerateInto
+from s3ft.generation.ray_pool import GenerationPool
 from s3ft.models.chat import render_prompt
 from s3ft.models.tiny import build_char_tokenizer, build_tiny_model
 from s3ft.runtime.shards import ShardStore

@@ -35,6 +35,9 @@ K = TypeVar("K")
 MAX_SHARD_ATTEMPTS = 3  # a shard whose engine died this often is a crash, not bad luck
 PLACEMENT_TIMEOUT_S = 600.0  # long enough for an autoscaler to add a node
 SHARDS_WITHOUT_LIMITS = 2  # shards per engine for backends without a continuous batch (hf)
+# A vLLM engine holds the sequences it can run at once and as many again in its queue: sequences of
+# one length end together, and the next batch must already be there rather than a driver round trip away.
+BATCHES_HELD = 2
 
 
 @ray.remote
@@ -101,9 +104,9 @@ class GenerationPool:
     or from a coroutine `await pool.generate(prompts, sampling)`.
 
     How much each engine holds at once: with `shards_in_flight` set, that many shards; else (vLLM)
-    shards until the sequences it holds reach what it can run at once (`EngineLimits.sequences`: its
-    `max_num_seqs`, or fewer where its KV cache binds), so the shard that tops it up waits in vLLM's
-    queue and fills slots as sequences end. A crash loses only the shards held.
+    shards until the sequences it holds reach twice what it can run at once (`EngineLimits.sequences`:
+    its `max_num_seqs`, or fewer where its KV cache binds): one batch running, the next waiting in
+    vLLM's queue to fill slots as sequences end. A crash loses only the shards held.
     """
 
     def __init__(
@@ -231,7 +234,7 @@ class GenerationPool:
             return True
         if self.shards_in_flight is not None or engine.limits is None:
             return engine.shards < (self.shards_in_flight or SHARDS_WITHOUT_LIMITS)
-        return engine.sequences < engine.limits.sequences(sampling.max_tokens)
+        return engine.sequences < BATCHES_HELD * engine.limits.sequences(sampling.max_tokens)
 
     def _take(self, cost: int, sampling: Sampling) -> _Engine | None:
         free = [e for e in self._engines if self._has_room(e, sampling)]
