@@ -12,11 +12,11 @@ reader sees the balance the ratio was measured at.
 
 Both modes run the same command on the same local Ray cluster (started here, `--cpus` CPUs: one
 for the engine, the rest for the judge), alternating, each in a fresh run directory; the first run
-of each is a warm-up. Printed: the median wall-clock of each mode over `--repeats` with the spread,
+of each is a warm-up (`--warmups`). Printed: the median wall-clock of each mode over `--repeats` with the spread,
 the time of the four steps alone (from the manifests), and last `ratio=X` (staged / streamed
 wall-clock, medians).
 
-    python benchmarks/bench_data_engine.py [--copies 2 --max-tokens 192 --repeats 3]
+    python benchmarks/bench_data_engine.py [--copies 2 --max-tokens 128 --hidden-size 256 --layers 2 --repeats 3]
 """
 
 from __future__ import annotations
@@ -90,12 +90,13 @@ def spread(values: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--copies", type=int, default=2, help="copies of the 164 HumanEval problems")
-    parser.add_argument("--max-tokens", type=int, default=192)
+    parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--shard-size", type=int, default=32)
     parser.add_argument("--hidden-size", type=int, default=256)
-    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--cpus", type=int, default=os.cpu_count() or 2, help="CPUs of the local Ray cluster")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each mode; the median counts")
+    parser.add_argument("--warmups", type=int, default=1, help="untimed runs of each mode first")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-data-"))
@@ -104,8 +105,9 @@ def main() -> None:
     ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level="warning", log_to_driver=False)
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
 
-    run(work, "warmup-staged", args, False, env)
-    run(work, "warmup-streamed", args, True, env)
+    for w in range(args.warmups):
+        for stream in (False, True):
+            run(work, f"warmup-{w}-{'streamed' if stream else 'staged'}", args, stream, env)
     times: dict[bool, list[float]] = {False: [], True: []}
     steps: dict[bool, list[float]] = {False: [], True: []}
     parts: list[dict[str, float]] = []
