@@ -70,7 +70,7 @@ def test_work_that_cannot_be_scheduled_is_named_within_a_minute(multinode_rig: R
     assert waited < 60 + 20  # the driver's own start-up (~10-20 s) plus under a minute of silence
     assert "generate: " in said and "a placement group of ['{CPU: 1}'] (STRICT_PACK)" in said
     assert "127.0.0.3 {CPU: 0} of {CPU: 1}" in said and "127.0.0.4 {CPU: 0} of {CPU: 1}" in said
-    assert "'s3ft engine 1'" in said and "'s3ft engine 2'" in said and "generation.num_engines" in said
+    assert "'s3ft engine 1 (pool " in said and "'s3ft engine 2 (pool " in said and "generation.num_engines" in said
 
 
 def test_an_output_dir_that_is_not_shared_is_refused_naming_the_node(multinode_rig: Rig, tmp_path: Path,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -122,6 +123,7 @@ class GenerationPool:
         self.on_gpu = gen.device == "cuda" or (gen.device == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
         self.restarts = 0
         self._launched = 0
+        self._pool_tag = uuid.uuid4().hex[:6]  # placement-group names are cluster-wide: pools must not collide
         self.placement: list[dict[str, Any]] = []  # where each engine ran, replacements appended
         self._engines: list[_Engine] = []
         self._starting: dict[ray.ObjectRef, _Engine] = {}  # replacements, by their `ready` call
@@ -187,7 +189,7 @@ class GenerationPool:
 
     def _launch(self) -> _Engine:
         self._launched += 1
-        group = placement_group(self._bundles(), strategy="STRICT_PACK", name=f"s3ft engine {self._launched}")
+        group = placement_group(self._bundles(), strategy="STRICT_PACK", name=f"s3ft engine {self._launched} (pool {self._pool_tag})")
         holds_gpu = self.on_gpu and self.gen.tensor_parallel_size == 1
         actor = _EngineActor.options(
             num_cpus=0,  # the bundle reserves them; judges borrow them between generation stages
