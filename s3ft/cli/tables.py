@@ -36,7 +36,8 @@ def print_stats(summary: dict[str, Any], run_dir: Path) -> None:
                       f"{judge['audit']['rows']} rows")
     console.print(
         f"{summary['input_rows']} input rows: {summary['examples']} examples, "
-        f"{summary.get('validation_rows', 0)} held out for validation, {summary['rejected']} rejected"
+        + (f"{held} held out for validation, " if (held := summary.get("validation_rows", 0)) else "")
+        + f"{summary['rejected']} rejected"
         f"{' (see data/rejects.jsonl)' if summary['rejected'] else ''}. Written: {run_dir / 'data' / 'merged.jsonl'}, "
         f"{run_dir / 'data' / 'stats.json'}"
     )
