@@ -182,11 +182,9 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from s3ft.config import load_config
     from s3ft.models.resolve import resolve_model
-    from s3ft.runtime.preflight import check_output_dir
     from s3ft.train.driver import train
 
     config = load_config(args.config, args.overrides)
-    check_output_dir(Path(config.output_dir))
     console.log_to(config.output_dir)
     with _ray(config.ray, needed=config.train.launcher == "ray"):
         print(f"model written to {train(Path(config.output_dir), resolve_model(config.model), config.train)}")
