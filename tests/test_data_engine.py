@@ -129,30 +129,61 @@ def test_rerun_skips_finished_work_and_a_changed_setting_reruns_only_what_it_dec
     assert untouched(shards)
 
 
-def test_killed_mid_generation_resumes_without_redoing_shards(
+def stores(out: Path) -> dict[str, tuple[dict, dict[str, list[dict]]]]:
+    """Each stage's manifest (without its timings) and shards, by directory name."""
+    found = {}
+    for path in (out / "stages").iterdir():
+        manifest = json.loads((path / "manifest.json").read_text())
+        manifest.pop("seconds")
+        found[path.name] = (manifest, {p.name: read_jsonl(p) for p in sorted(path.glob("shard-*.jsonl"))})
+    return found
+
+
+def test_streamed_and_staged_runs_write_the_same_rows_stores_and_manifests(
     engine_workspace: Path, clean_run: tuple[Path, dict], tmp_path: Path
 ) -> None:
-    """SIGKILL the CLI once the first generation shard is on disk; the re-run keeps it and matches a clean run."""
+    out = tmp_path / "staged"
+    staged = run_data(load_config(config_file(engine_workspace, out, generation__shard_size=1,
+                                              generation__stream=False)))
+    assert staged == clean_run[1]
+    assert merged(out) == merged(clean_run[0])
+    assert stores(out) == stores(clean_run[0])
+    assert len(stores(out)) == 5  # load, generate, judge, paraphrase, judge_paraphrase
+
+
+def test_killed_mid_stream_resumes_without_redoing_shards(
+    engine_workspace: Path, clean_run: tuple[Path, dict], tmp_path: Path
+) -> None:
+    """SIGKILL the CLI once a shard has been judged while others are still to generate; the re-run
+    keeps every shard on disk and matches a clean run."""
     import ray
 
     out = tmp_path / "killed"
-    config = config_file(engine_workspace, out, generation__shard_size=1)
+    # One shard per engine at a time, so that the kill finds the stream half way.
+    config = config_file(engine_workspace, out, generation__shard_size=1, generation__shards_in_flight=1)
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     cmd = [sys.executable, "-m", "s3ft.cli", "data", str(config)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
-    while not list(out.glob("stages/generate-*/shard-*.jsonl")):
-        assert proc.poll() is None and time.time() < deadline, "s3ft data ended before writing a shard"
+    while not list(out.glob("stages/judge-*/shard-*.jsonl")):
+        assert proc.poll() is None and time.time() < deadline, "s3ft data ended before judging a shard"
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    kept = {p: p.stat().st_mtime_ns for p in out.glob("stages/generate-*/shard-*.jsonl")}
-    assert 1 <= len(kept) < len(ROWS), "the kill came too late to test a resume"
+    kept = {p: p.stat().st_mtime_ns for p in out.glob("stages/*/shard-*.jsonl") if "load-" not in str(p)}
+    generated = [p for p in kept if "/generate-" in str(p)]
+    assert 1 <= len(generated) < len(ROWS), "the kill came too late to test a resume"
+    assert not list(out.glob("stages/generate-*/manifest.json"))
 
     subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=600)
     for path, mtime in kept.items():
-        assert path.stat().st_mtime_ns == mtime, f"{path.name} was generated again"
+        assert path.stat().st_mtime_ns == mtime, f"{path} was done again"
     assert merged(out) == merged(clean_run[0])
+    resumed, clean = stores(out), stores(clean_run[0])
+    assert resumed.keys() == clean.keys()
+    for name, (manifest, shards) in resumed.items():
+        assert shards == clean[name][1], name
+        assert manifest | {"skipped_shards": 0} == clean[name][0] | {"skipped_shards": 0}, name
 
 
 def test_the_smoke_config_runs_on_its_50_gsm8k_rows_and_builds_its_model(ray_session: None, tmp_path: Path) -> None:

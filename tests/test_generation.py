@@ -20,7 +20,7 @@ from s3ft.config import GenerationConfig, ModelConfig
 from s3ft.errors import ModelError
 from s3ft.generation import BACKENDS, Sampling
 from s3ft.generation.hf_backend import cut_at_stop
-from s3ft.generation.ray_pool import GenerationPool
+from s3ft.generation.ray_pool import SHARDS_WITHOUT_LIMITS, GenerationPool
 
 Pairs = list[tuple[str, str]]
 GREEDY = Sampling(max_tokens=40)
@@ -81,6 +81,15 @@ def test_a_tensor_parallel_engine_asks_for_its_gpus_on_one_node() -> None:
     gen = GenerationConfig(tensor_parallel_size=4, cpus_per_engine=3)
     assert engine_bundles(gen, on_gpu=True) == [{"GPU": 1, "CPU": 1}] * 4
     assert engine_bundles(gen, on_gpu=False) == [{"CPU": 3}]
+
+
+def test_an_engine_runs_as_many_sequences_as_its_scheduler_and_kv_cache_allow() -> None:
+    from s3ft.generation.base import EngineLimits
+
+    assert EngineLimits(max_num_seqs=256, kv_cache_tokens=10**6).sequences(max_tokens=64) == 256
+    assert EngineLimits(max_num_seqs=256, kv_cache_tokens=1000).sequences(max_tokens=40) == 25  # the cache binds
+    assert EngineLimits(max_num_seqs=256, kv_cache_tokens=10).sequences(max_tokens=40) == 1
+    assert EngineLimits(max_num_seqs=8, kv_cache_tokens=0).sequences(max_tokens=40) == 8  # no cache reported
 
 
 def test_importing_generation_leaves_vllm_and_torch_unloaded() -> None:
@@ -181,7 +190,30 @@ def test_pool_reads_shards_lazily(hf_pool: GenerationPool, memorized_pairs: Pair
     ahead = []
     for done, _ in enumerate(hf_pool.generate_shards(items(), GREEDY), start=1):
         ahead.append(pulled - done)
-    assert done == 24 and max(ahead) < hf_pool.shards_in_flight * len(hf_pool.actors)
+    assert done == 24 and max(ahead) < SHARDS_WITHOUT_LIMITS * len(hf_pool.actors)  # hf: a fixed count
+
+
+@pytest.mark.slow
+def test_vllm_engine_takes_shards_up_to_its_own_limits(vllm_pool: GenerationPool, memorized_pairs: Pairs) -> None:
+    """96 sequences fit in the engine (max_num_seqs 256 on CPU): every shard is in before the first is back;
+    with `shards_in_flight` set, only that many."""
+    (limits,) = vllm_pool.limits
+    assert limits is not None and limits.max_num_seqs == 256 and limits.kv_cache_tokens > 10_000
+    for override, most in ((None, 48), (1, 1)):
+        vllm_pool.shards_in_flight = override
+        pulled, ahead = 0, []
+
+        def items() -> Iterator[tuple[int, list[str]]]:
+            nonlocal pulled
+            for item in shards(memorized_pairs * 8, 2):
+                pulled += 1
+                yield item
+
+        for done, (key, completions) in enumerate(vllm_pool.generate_shards(items(), GREEDY)):
+            ahead.append(pulled - done)
+            assert completions == [[a] for _, a in memorized_pairs[key % 12 : key % 12 + 2]]
+        assert max(ahead) == most, ahead
+    vllm_pool.shards_in_flight = None
 
 
 @pytest.mark.slow

@@ -58,7 +58,14 @@ class GenerationConfig(Section):
     gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0)
     cpu_kvcache_gib: float = Field(1.0, gt=0.0, description="vLLM on CPU: KV cache size in GiB (exact, may be fractional).")
     enforce_eager: bool = Field(False, description="vLLM: skip graph capture/compilation (faster start, slower decode).")
-    shards_in_flight: int = Field(2, gt=0, description="Shards per engine at once: vLLM batches them together.")
+    shards_in_flight: int | None = Field(
+        None, gt=0, description="Shards per engine at once; none: as many as the engine can run (vLLM's "
+        "max_num_seqs and KV cache, reported when it starts), 2 for hf.",
+    )
+    stream: bool = Field(
+        True, description="s3ft data: judge, paraphrase and judge again each shard as soon as it is generated "
+        "(false: one stage after another over the whole dataset).",
+    )
     cpus_per_engine: int = Field(1, gt=0)
 
 

@@ -18,12 +18,12 @@ from s3ft.data.prompts import load_templates
 from s3ft.errors import ConfigError
 from s3ft.eval.base_cache import cached
 from s3ft.generation.base import Sampling
-from s3ft.generation.mapper import generate_into, lazy_pool
+from s3ft.generation.mapper import GenerateInto, lazy_pool
 from s3ft.judges.mapper import judge_into
 from s3ft.models.chat import render_prompt
 from s3ft.models.resolve import context_length, load_tokenizer, prompt_fits
 from s3ft.runtime.shards import ShardStore, file_digest, read_jsonl, write_jsonl
-from s3ft.runtime.stage import run_stage
+from s3ft.runtime.stage import Step, run_steps
 
 
 def model_fingerprint(path: str) -> list[tuple[str, int, int]]:
@@ -81,10 +81,12 @@ def evaluate_in_domain(cfg: Config, label: str, model_path: str, cache: Path | N
         with contextlib.ExitStack() as stack:
             pool = lazy_pool(stack, cfg.model.model_copy(update={"path": model_path}), gen, (run_dir, f"eval-{label}"))
             for name, (generated, scored) in judged.items():
-                run_stage(sets[name].loaded, generated, generate_into(pool, greedy, "response", prompt, first=True),
-                          f"eval {label} ({name}): generate")
-                run_stage(generated, scored, judge_into(cfg.judge, "response", "verdict", pool.cpu_slots),
-                          f"eval {label} ({name}): judge")
+                run_steps(sets[name].loaded, [
+                    Step(f"eval {label} ({name}): generate", generated,
+                         GenerateInto(pool, greedy, "response", prompt, first=True)),
+                    Step(f"eval {label} ({name}): judge", scored,
+                         stack.enter_context(judge_into(cfg.judge, "response", "verdict", pool.cpu_slots))),
+                ], stream=gen.stream)
         return {name: _write_outputs(scored, sets[name].output) for name, (_, scored) in judged.items()}
 
     key = stage_key(label, *(scored.key for _, scored in judged.values()))

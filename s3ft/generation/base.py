@@ -30,6 +30,22 @@ class Sampling:
         return replace(base, **changes)
 
 
+@dataclass(frozen=True)
+class EngineLimits:
+    """What an engine reports once started: at most `max_num_seqs` sequences run at once, and its KV
+    cache holds `kv_cache_tokens` tokens of them."""
+
+    max_num_seqs: int
+    kv_cache_tokens: int
+
+    def sequences(self, max_tokens: int) -> int:
+        """Sequences the engine can usefully run at once: its scheduler's limit, or fewer where the KV
+        cache cannot hold that many answers at their full `max_tokens` (prompts not counted: vLLM
+        queues what does not fit, so erring high costs nothing but a longer queue)."""
+        by_cache = self.kv_cache_tokens // max(1, max_tokens) if self.kv_cache_tokens else self.max_num_seqs
+        return max(1, min(self.max_num_seqs, by_cache))
+
+
 class Backend(Protocol):
     def generate(self, prompts: Sequence[str], sampling: Sampling) -> list[list[str]]:
         """`n` completions per prompt, in prompt order, without the prompt and without EOS."""

@@ -1,12 +1,12 @@
-"""The generation stage's mapper: generate into a row field through the engine pool, shard by shard.
+"""The generation step: generate into a row field through the engine pool, one shard at a time.
 
-The data engine and the in-domain evaluation both chain it with the judges' mapper over shards.
+The data engine and the in-domain evaluation both chain it with the judging step over shards.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +14,12 @@ from s3ft.config import GenerationConfig, ModelConfig
 from s3ft.generation.base import Sampling
 from s3ft.runtime import placement
 from s3ft.runtime.lending import CpuSlot
-from s3ft.runtime.stage import Mapper, Shard
+
+Rows = list[dict[str, Any]]
 
 
 class LazyPool:
-    """Engines start only when a stage has work left: a finished run re-run starts none.
+    """Engines start only when a step has work left: a finished run re-run starts none.
     `pool()` starts them (once); `pool.cpu_slots()` lends their CPUs to the judges, none before they start."""
 
     def __init__(self, stack: contextlib.ExitStack, model: ModelConfig, gen: GenerationConfig,
@@ -45,26 +46,27 @@ def lazy_pool(stack: contextlib.ExitStack, model: ModelConfig, gen: GenerationCo
     return LazyPool(stack, model, gen, record)
 
 
-def generate_into(
-    pool: Callable[[], Any], sampling: Sampling, field: str, prompt_of: Callable[[dict[str, Any]], str | None],
-    first: bool = False,
-) -> Mapper:
-    """Generate for the rows that have a prompt; store the completions (or the first) in `field`, else None."""
+class GenerateInto:
+    """Generate for the rows that have a prompt; store the completions (or the first) in `field`, else None.
 
-    def mapper(items: Iterable[Shard]) -> Iterator[Shard]:
-        waiting: dict[int, tuple[list[dict[str, Any]], list[bool]]] = {}
+    `priority`: when engines are full, shards of a higher priority get the next free room (the
+    paraphrases of failed rows before new shards, so that rows finish while others generate).
+    """
 
-        def feed() -> Iterator[tuple[int, list[str]]]:
-            for index, rows in items:
-                prompts = [prompt_of(row) for row in rows]
-                waiting[index] = (rows, [p is not None for p in prompts])
-                yield index, [p for p in prompts if p is not None]
+    def __init__(
+        self, pool: Callable[[], Any], sampling: Sampling, field: str,
+        prompt_of: Callable[[dict[str, Any]], str | None], *, first: bool = False, priority: int = 0,
+    ) -> None:
+        self.pool, self.sampling, self.field, self.prompt_of = pool, sampling, field, prompt_of
+        self.first, self.priority = first, priority
 
-        for index, completions in pool().generate_shards(feed(), sampling):
-            rows, wanted = waiting.pop(index)
-            outputs = iter(completions)
-            for row, want in zip(rows, wanted, strict=True):
-                row[field] = (next(outputs)[0] if first else next(outputs)) if want else None
-            yield index, rows
+    def ready(self) -> bool:
+        return bool(self.pool().has_room(self.sampling))
 
-    return mapper
+    async def __call__(self, index: int, rows: Rows) -> Rows:
+        prompts = [self.prompt_of(row) for row in rows]
+        wanted = [p for p in prompts if p is not None]
+        completions = iter(await self.pool().generate(wanted, self.sampling, self.priority, key=index) if wanted else [])
+        for row, prompt in zip(rows, prompts, strict=True):
+            row[self.field] = None if prompt is None else next(completions)[0] if self.first else next(completions)
+        return rows

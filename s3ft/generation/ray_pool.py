@@ -8,18 +8,20 @@ Each engine lives in its own placement group, so its resources are reserved as o
 back as one unit: on GPU `tensor_parallel_size` bundles of one GPU on one node (vLLM's Ray executor
 places its TP workers in them); on CPU one bundle of `cpus_per_engine` CPUs (without a placement
 group, vLLM on Ray waits for a GPU that never comes). The engine actor claims none of its bundles'
-CPUs itself: while the engines wait between stages, the judges run in those CPUs (`cpu_slots`).
+CPUs itself: while the engines wait, the judges run in those CPUs (`cpu_slots`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import heapq
+import itertools
 import logging
 import os
 import uuid
-from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import ray
 from ray.exceptions import RayActorError, RayTaskError
@@ -28,7 +30,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from s3ft.config import GenerationConfig, ModelConfig
 from s3ft.errors import ConfigError, S3FTError
-from s3ft.generation.base import Sampling
+from s3ft.generation.base import EngineLimits, Sampling
 from s3ft.runtime.cluster import require_ray
 from s3ft.runtime.lending import CpuSlot
 
@@ -37,11 +39,16 @@ log = logging.getLogger(__name__)
 
 MAX_SHARD_ATTEMPTS = 3  # a shard whose engine died this often is a crash, not bad luck
 PLACEMENT_TIMEOUT_S = 600.0  # long enough for an autoscaler to add a node
+SHARDS_WITHOUT_LIMITS = 2  # shards per engine for backends without a continuous batch (hf)
+# A vLLM engine holds the sequences it can run at once and as many again in its queue: sequences of
+# one length end together, and the next batch must already be there rather than a driver round trip away.
+BATCHES_HELD = 2
 
 
 @ray.remote
 class _EngineActor:
-    """One backend in one Ray worker; threaded so several shards can be in the engine at once."""
+    """One backend in one Ray worker. An asyncio actor, so it holds as many shards at once as the
+    pool sends: the vLLM backend takes them into one continuous batch (`submit`), others run in threads."""
 
     def __init__(self, backend: str, options: dict[str, Any], env: dict[str, str | None]) -> None:
         for name, value in env.items():
@@ -60,13 +67,19 @@ class _EngineActor:
         except Exception as exc:  # noqa: BLE001
             self._error = exc
 
-    def ready(self) -> None:
+    def ready(self) -> EngineLimits | None:
+        """The engine's limits once it runs (None for backends without a continuous batch)."""
         if self._error is not None:
             raise self._error
+        limits = getattr(self._backend, "limits", None)
+        return limits() if limits is not None else None
 
-    def generate(self, prompts: list[str], sampling: Sampling) -> list[list[str]]:
+    async def generate(self, prompts: list[str], sampling: Sampling) -> list[list[str]]:
         self.ready()
-        return self._backend.generate(prompts, sampling)
+        submit = getattr(self._backend, "submit", None)
+        if submit is None:
+            return await asyncio.to_thread(self._backend.generate, prompts, sampling)
+        return [await asyncio.wrap_future(f) for f in submit(prompts, sampling)]
 
     def where(self) -> dict[str, Any]:
         from s3ft.runtime.placement import here
@@ -91,18 +104,21 @@ def engine_bundles(gen: GenerationConfig, on_gpu: bool) -> list[dict[str, float]
 class _Engine:
     actor: Any  # ActorHandle
     group: PlacementGroup
+    limits: EngineLimits | None = None  # reported once started; None: no continuous batch (hf)
+    sequences: int = 0  # sequences it holds now
+    shards: int = 0  # shards it holds now
     where: dict[str, Any] | None = None  # its node (runtime.placement.here), once it is ready
 
 
-@dataclass
-class _Shard:
-    key: Any
-    prompts: list[str]
-    attempts: int = 0
-
-
 class GenerationPool:
-    """`with GenerationPool(model, gen) as pool: for key, completions in pool.generate_shards(...)`."""
+    """`with GenerationPool(model, gen) as pool: for key, completions in pool.generate_shards(...)`,
+    or from a coroutine `await pool.generate(prompts, sampling)`.
+
+    How much each engine holds at once: with `shards_in_flight` set, that many shards; else (vLLM)
+    shards until the sequences it holds reach twice what it can run at once (`EngineLimits.sequences`:
+    its `max_num_seqs`, or fewer where its KV cache binds): one batch running, the next waiting in
+    vLLM's queue to fill slots as sequences end. A crash loses only the shards held.
+    """
 
     def __init__(
         self,
@@ -114,8 +130,7 @@ class GenerationPool:
     ) -> None:
         """`backend_options` go to the backend on top of what the config sets (e.g. vLLM's
         `enforce_eager=True`: no graph compilation, so a faster start for short jobs and tests).
-        `shards_in_flight` per engine bounds what is read ahead of the results; vLLM runs that many
-        shards as one continuous batch, so more keeps a big engine busier."""
+        `shards_in_flight` per engine overrides the engine's own limits (and `gen.shards_in_flight`)."""
         require_ray()
         self.model, self.gen = model, gen
         self._extra_options = dict(backend_options or {})
@@ -126,7 +141,9 @@ class GenerationPool:
         self._pool_tag = uuid.uuid4().hex[:6]  # placement-group names are cluster-wide: pools must not collide
         self.placement: list[dict[str, Any]] = []  # where each engine ran, replacements appended
         self._engines: list[_Engine] = []
-        self._starting: dict[ray.ObjectRef, _Engine] = {}  # replacements, by their `ready` call
+        self._starting: dict[_Engine, asyncio.Task[None]] = {}  # replacements, until they are ready
+        self._waiting: list[tuple[int, int, int, Sampling, asyncio.Future[_Engine]]] = []  # a heap
+        self._arrivals = itertools.count()
         try:
             self._engines = [self._launch() for _ in range(gen.num_engines)]
             self._wait_ready()
@@ -134,7 +151,7 @@ class GenerationPool:
             self.shutdown()
             raise
 
-    def __enter__(self) -> GenerationPool:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -150,6 +167,11 @@ class GenerationPool:
     def actors(self) -> list[Any]:
         """The live engine actors (for monitoring, and for tests that kill one)."""
         return [e.actor for e in self._engines]
+
+    @property
+    def limits(self) -> list[EngineLimits | None]:
+        """What each engine reported when it started."""
+        return [e.limits for e in self._engines]
 
     def _bundles(self) -> list[dict[str, float]]:
         return engine_bundles(self.gen, self.on_gpu)
@@ -189,12 +211,12 @@ class GenerationPool:
 
     def _launch(self) -> _Engine:
         self._launched += 1
-        group = placement_group(self._bundles(), strategy="STRICT_PACK", name=f"s3ft engine {self._launched} (pool {self._pool_tag})")
+        group = placement_group(self._bundles(), strategy="STRICT_PACK",
+                                name=f"s3ft engine {self._launched} (pool {self._pool_tag})")
         holds_gpu = self.on_gpu and self.gen.tensor_parallel_size == 1
         actor = _EngineActor.options(
-            num_cpus=0,  # the bundle reserves them; judges borrow them between generation stages
+            num_cpus=0,  # the bundle reserves them; judges borrow them while the engines wait
             num_gpus=1 if holds_gpu else 0,
-            max_concurrency=self.shards_in_flight,
             scheduling_strategy=PlacementGroupSchedulingStrategy(
                 placement_group=group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True
             ),
@@ -212,10 +234,11 @@ class GenerationPool:
                 "generation.cpus_per_engine / tensor_parallel_size."
             )
         try:
-            ray.get([e.actor.ready.remote() for e in self._engines])
+            limits = ray.get([e.actor.ready.remote() for e in self._engines])
         except RayTaskError as exc:
             raise (exc.cause if isinstance(exc.cause, S3FTError) else exc) from None
-        for engine in self._engines:
+        for engine, engine_limits in zip(self._engines, limits, strict=True):
+            engine.limits = engine_limits
             engine.where = ray.get(engine.actor.where.remote())
             self.placement.append(engine.where)
 
@@ -225,91 +248,177 @@ class GenerationPool:
 
     def _replace(self, dead: _Engine) -> None:
         """Retire a dead engine and start a fresh one. The fresh one takes work only once it is placed and
-        ready (`_admit`): until then, and for ever if its node is gone and no other has room, the other
+        ready (`_join`): until then, and for ever if its node is gone and no other has room, the other
         engines do the work."""
         self._retire(dead)
         self._engines.remove(dead)
         fresh = self._launch()
-        self._starting[fresh.actor.ready.remote()] = fresh
+        self._starting[fresh] = asyncio.get_running_loop().create_task(self._join(fresh))
         self.restarts += 1
 
-    def _admit(self, ref: ray.ObjectRef) -> None:
-        engine = self._starting.pop(ref)
+    async def _join(self, engine: _Engine) -> None:
         try:
-            ray.get(ref)
-            engine.where = ray.get(engine.actor.where.remote())
+            engine.limits = await _result(engine.actor.ready.remote())
+            engine.where = await _result(engine.actor.where.remote())
         except (RayActorError, RayTaskError) as exc:
-            log.warning("generation: a replacement engine failed to start (%s)", type(exc).__name__)
-            self._retire(engine)
+            if self._starting.pop(engine, None) is not None:
+                log.warning("generation: a replacement engine failed to start (%s)", type(exc).__name__)
+                self._retire(engine)
+            self._fail_if_no_engine()
+            return
+        except asyncio.CancelledError:
+            if self._starting.pop(engine, None) is not None:
+                self._retire(engine)
+            raise
+        if self._starting.pop(engine, None) is None:  # the pool was shut down meanwhile
             return
         self._engines.append(engine)
         self.placement.append(engine.where)
         log.info("generation: a replacement engine is ready on %s", _node(engine.where))
+        self._hand_out()
+
+    def _fail_if_no_engine(self) -> None:
+        if self._engines or self._starting:
+            return
+        error = S3FTError("generation: every engine died and none could be started again")
+        for *_, future in self._waiting:
+            if not future.done():
+                future.set_exception(error)
+        self._waiting.clear()
+
+    # --- admission: which engine takes a shard, and when ------------------------------------------
+
+    def _has_room(self, engine: _Engine, sampling: Sampling) -> bool:
+        if engine.shards == 0:
+            return True
+        if self.shards_in_flight is not None or engine.limits is None:
+            return engine.shards < (self.shards_in_flight or SHARDS_WITHOUT_LIMITS)
+        return engine.sequences < BATCHES_HELD * engine.limits.sequences(sampling.max_tokens)
+
+    def _take(self, cost: int, sampling: Sampling) -> _Engine | None:
+        free = [e for e in self._engines if self._has_room(e, sampling)]
+        if not free:
+            return None
+        engine = min(free, key=lambda e: e.sequences)
+        engine.sequences += cost
+        engine.shards += 1
+        return engine
+
+    def _give_back(self, engine: _Engine, cost: int) -> None:
+        engine.sequences -= cost
+        engine.shards -= 1
+        self._hand_out()
+
+    def _hand_out(self) -> None:
+        while self._waiting:  # hand the room to the waiting shards, highest priority first
+            _, _, wanted, sampling, future = self._waiting[0]
+            if future.done():  # its caller gave up
+                heapq.heappop(self._waiting)
+                continue
+            taken = self._take(wanted, sampling)
+            if taken is None:
+                return
+            heapq.heappop(self._waiting)
+            future.set_result(taken)
+
+    def has_room(self, sampling: Sampling) -> bool:
+        """Would a shard start on an engine now, rather than wait?"""
+        return not self._waiting and any(self._has_room(e, sampling) for e in self._engines)
+
+    async def _admit(self, cost: int, sampling: Sampling, priority: int) -> _Engine:
+        self._fail_if_no_engine()
+        ahead = self._waiting and self._waiting[0][0] <= -priority  # one waits with as high a priority
+        if not ahead and (engine := self._take(cost, sampling)) is not None:
+            return engine
+        future: asyncio.Future[_Engine] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiting, (-priority, next(self._arrivals), cost, sampling, future))
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():  # room was handed over as it was cancelled
+                self._give_back(future.result(), cost)
+            raise
+
+    # --- generation ---------------------------------------------------------------------------------
+
+    async def generate(
+        self, prompts: list[str], sampling: Sampling, priority: int = 0, key: Any = None
+    ) -> list[list[str]]:
+        """Completions of one shard, once an engine has room for it (higher `priority` first). A shard
+        whose engine died (or whose node was lost) is redone on another engine, and the log names the
+        node and the shard (`key`)."""
+        cost = max(1, len(prompts) * sampling.n)
+        attempts = 0
+        while True:
+            engine = await self._admit(cost, sampling, priority)
+            attempts += 1
+            try:
+                return await _result(engine.actor.generate.remote(prompts, sampling))
+            except RayActorError as exc:
+                if attempts >= MAX_SHARD_ATTEMPTS:
+                    raise
+                log.warning("generation: shard %s is redone: its engine on %s died (%s)", key,
+                            _node(engine.where), _why(exc, engine))
+                if engine in self._engines:  # its first lost shard: replace it once
+                    self._replace(engine)
+            except RayTaskError as exc:
+                raise (exc.cause if isinstance(exc.cause, S3FTError) else exc) from None
+            finally:
+                self._give_back(engine, cost)
 
     def generate_shards(
         self, items: Iterable[tuple[K, list[str]]], sampling: Sampling
     ) -> Iterator[tuple[K, list[list[str]]]]:
         """Yield `(key, completions)` per shard as it finishes (any order); `items` is read lazily,
-        at most `shards_in_flight` shards per engine ahead of the results. A shard whose engine died
-        (or whose node was lost) is redone on another engine, and the log says which node and shard."""
+        a shard only when an engine has room for it."""
+        loop = asyncio.new_event_loop()
+        stream = self._stream(items, sampling)
+        try:
+            while True:
+                try:
+                    yield loop.run_until_complete(anext(stream))
+                except StopAsyncIteration:
+                    return
+        finally:
+            loop.run_until_complete(stream.aclose())
+            loop.close()
+
+    async def _stream(
+        self, items: Iterable[tuple[K, list[str]]], sampling: Sampling
+    ) -> AsyncIterator[tuple[K, list[list[str]]]]:
         source = iter(items)
-        retry: deque[_Shard] = deque()
-        running: dict[ray.ObjectRef, tuple[_Shard, _Engine]] = {}
-
-        def next_shard() -> _Shard | None:
-            if retry:
-                return retry.popleft()
-            item = next(source, None)
-            return None if item is None else _Shard(item[0], list(item[1]))
-
-        def submit() -> None:
-            for engine in self._engines:
-                while sum(e is engine for _, e in running.values()) < self.shards_in_flight:
-                    shard = next_shard()
-                    if shard is None:
-                        return
-                    shard.attempts += 1
-                    running[engine.actor.generate.remote(shard.prompts, sampling)] = (shard, engine)
-
-        while True:
-            submit()
-            if not running:
-                if not self._engines and not self._starting:
-                    raise S3FTError("generation: every engine died and none could be started again")
-                if not self._engines:  # work is left (or may be): wait for a replacement
-                    self._admit(ray.wait(list(self._starting), num_returns=1)[0][0])
-                    continue
-                break
-            (ref,), _ = ray.wait([*running, *self._starting], num_returns=1)
-            if ref in self._starting:
-                self._admit(ref)
-                continue
-            shard, engine = running.pop(ref)
-            try:
-                completions = ray.get(ref)
-            except RayActorError as exc:
-                if shard.attempts >= MAX_SHARD_ATTEMPTS:
-                    raise
-                log.warning("generation: shard %s is redone: its engine on %s died (%s)", shard.key,
-                            _node(engine.where), _why(exc, engine))
-                if engine in self._engines:  # its first lost shard: replace it once
-                    self._replace(engine)
-                retry.append(shard)
-            except RayTaskError as exc:
-                raise (exc.cause if isinstance(exc.cause, S3FTError) else exc) from None
-            else:
-                yield shard.key, completions
+        running: dict[asyncio.Task[list[list[str]]], K] = {}
+        try:
+            while True:
+                while not running or self.has_room(sampling):
+                    if (item := next(source, None)) is None:
+                        break
+                    running[asyncio.create_task(self.generate(list(item[1]), sampling, key=item[0]))] = item[0]
+                    await asyncio.sleep(0)  # it takes its room now, before the next shard is weighed
+                if not running:
+                    return
+                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    yield running.pop(task), task.result()
+        finally:
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
 
     def shutdown(self) -> None:
         """Stop the engines (their own subprocesses too) and hand their resources back to the cluster."""
-        for starting in list(self._starting.values()):
-            self._retire(starting)
-        self._starting = {}
+        starting, self._starting = self._starting, {}
+        for engine in starting:
+            self._retire(engine)
         engines, self._engines = self._engines, []
         if engines:
             ray.wait([e.actor.close.remote() for e in engines], num_returns=len(engines), timeout=30)
         for engine in engines:
             self._retire(engine)
+
+
+async def _result(ref: ray.ObjectRef) -> Any:
+    return await asyncio.wrap_future(ref.future())
 
 
 def _node(where: dict[str, Any] | None) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from s3ft.errors import ModelError
-from s3ft.generation.base import BACKENDS, Sampling
+from s3ft.generation.base import BACKENDS, EngineLimits, Sampling
 
 _STOP = object()  # tells the engine thread to end
 
@@ -73,6 +73,10 @@ class VLLMBackend:
 
     def generate(self, prompts: Sequence[str], sampling: Sampling) -> list[list[str]]:
         """Thread-safe; calls made at the same time are batched together by the engine."""
+        return [f.result() for f in self.submit(prompts, sampling)]
+
+    def submit(self, prompts: Sequence[str], sampling: Sampling) -> list[Future[list[str]]]:
+        """Queue the prompts for the engine and return at once: one future per prompt, in prompt order."""
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -93,7 +97,13 @@ class VLLMBackend:
         for ids in token_ids:
             futures.append(Future())
             self._incoming.put(({"prompt_token_ids": ids}, params, futures[-1]))
-        return [f.result() for f in futures]
+        return futures
+
+    def limits(self) -> EngineLimits:
+        """What the started engine can run at once: its scheduler's sequence limit and its KV cache."""
+        config = self._llm.llm_engine.vllm_config
+        cache = config.cache_config
+        return EngineLimits(config.scheduler_config.max_num_seqs, (cache.num_gpu_blocks or 0) * cache.block_size)
 
     def _serve(self) -> None:
         """The engine loop: take in new requests between steps, resolve each future when its request ends."""

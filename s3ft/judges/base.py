@@ -32,6 +32,7 @@ class Judge:
     kind: ClassVar[str]
     required_fields: ClassVar[tuple[str, ...]] = ("response",)
     runs_in_driver: ClassVar[bool] = False  # True for judges with their own pool or actors
+    batches_at_once: ClassVar[int] = 1  # judges that run in the driver: batches it may judge at once, in threads
 
     def judge_row(self, row: Mapping[str, Any]) -> Verdict:
         raise NotImplementedError

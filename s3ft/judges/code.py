@@ -246,6 +246,7 @@ class CodeJudge(Judge):
 
     required_fields = ("response",)
     runs_in_driver = True  # it spreads its own work (Ray tasks or a local pool)
+    batches_at_once = 2  # a batch's slowest programs (timeouts) overlap with the next batch's
 
     def __init__(self, timeout_s: float = 10.0, memory_mb: int = 1024, num_workers: int = 0) -> None:
         self.timeout_s, self.memory_mb = float(timeout_s), int(memory_mb)

@@ -1,37 +1,104 @@
-"""The judging stage's mapper: judge a row field into verdicts, shard by shard."""
+"""The judging step: judge a row field into verdicts, one shard at a time, several shards at once.
+
+Rule judges are cheap and stateless, so each shard goes out as a Ray task that builds its own
+(up to two per CPU of the cluster at once). Where no CPU is free outside placement groups (engines
+hold every CPU of 1-CPU nodes), the tasks run in the CPUs the engines' bundles lend
+(`s3ft.runtime.lending`), round robin, so judging never waits on CPUs held for ever. Judges that run in the driver (the code judge spreads
+its programs itself, the LLM judge owns engines) judge `batches_at_once` shards at a time in threads,
+so the event loop that feeds the engines never waits on them.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from typing import Any
+import asyncio
+from typing import Any, Self
 
 from s3ft.config import JudgeConfig
-from s3ft.judges.run import judge_shards
-from s3ft.runtime.lending import Lender
-from s3ft.runtime.stage import Mapper, Shard
+from s3ft.judges.base import Judge
+from s3ft.judges.run import judge_from_config, judge_rows, verdict_dict
+from s3ft.runtime.lending import CpuSlot, Lender, borrow
+
+Rows = list[dict[str, Any]]
 
 
-def judge_into(cfg: JudgeConfig, field: str, verdict_field: str, lender: Lender | None = None) -> Mapper:
-    """Judge each response in `field` (a list, or one text, or None) into `verdict_field`; `lender`: the
-    CPUs of idle engines that judges may use when no other CPU is free (`s3ft.runtime.lending`)."""
+class JudgeInto:
+    """Judge each response in `field` (a list, or one text, or None) into `verdict_field`.
 
-    def mapper(items: Iterable[Shard]) -> Iterator[Shard]:
-        waiting: dict[int, list[dict[str, Any]]] = {}
+    A context manager: the judge is built on first use and closed on exit (it may hold engines).
+    `lender`: the engines' CPUs, for judge tasks when no other CPU is free.
+    """
 
-        def feed() -> Iterator[tuple[int, list[dict[str, Any]]]]:
-            for index, rows in items:
-                waiting[index] = rows
-                yield index, [{**row, "response": r} for row in rows for r in _responses(row[field])]
+    def __init__(self, cfg: JudgeConfig, field: str, verdict_field: str, lender: Lender | None = None) -> None:
+        self.cfg, self.field, self.verdict_field, self.lender = cfg, field, verdict_field, lender
+        self._judge: Judge | None = None
+        self._remote: Any = None  # judge_rows as a Ray task
+        self._borrowed: list[CpuSlot] = []
+        self._sent = 0
+        self._slots: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
 
-        for index, verdicts in judge_shards(cfg, feed(), lender):
-            rows = waiting.pop(index)
-            it = iter(verdicts)
-            for row in rows:
-                found = [next(it) for _ in _responses(row[field])]
-                row[verdict_field] = found if isinstance(row[field], list) else (found[0] if found else None)
-            yield index, rows
+    def __enter__(self) -> Self:
+        return self
 
-    return mapper
+    def __exit__(self, *exc: object) -> None:
+        if self._judge is not None:
+            self._judge.close()
+            self._judge = None
+
+    def _get_judge(self) -> Judge:
+        if self._judge is None:
+            self._judge = judge_from_config(self.cfg)
+        return self._judge
+
+    def _on_ray(self) -> bool:
+        import ray
+
+        return ray.is_initialized() and not self._get_judge().runs_in_driver
+
+    def _semaphore(self) -> asyncio.Semaphore:
+        """Shards judged at once (one semaphore per event loop: a staged run has a loop per step)."""
+        loop = asyncio.get_running_loop()
+        if self._slots is None or self._slots[0] is not loop:
+            if self._on_ray():
+                import ray
+
+                self._borrowed = borrow(self.lender)
+                cpus = (sum(int(s.cpus) for s in self._borrowed) if self._borrowed
+                        else int(ray.cluster_resources().get("CPU", 1)))
+                count = 2 * (self.cfg.num_workers or max(1, cpus))
+            else:
+                count = self._get_judge().batches_at_once
+            self._slots = (loop, asyncio.Semaphore(count))
+        return self._slots[1]
+
+    def ready(self) -> bool:
+        return not self._semaphore().locked()
+
+    async def __call__(self, index: int, rows: Rows) -> Rows:
+        requests = [{**row, "response": r} for row in rows for r in _responses(row[self.field])]
+        verdicts = await self._judge_rows(requests) if requests else []
+        it = iter(verdicts)
+        for row in rows:
+            found = [next(it) for _ in _responses(row[self.field])]
+            row[self.verdict_field] = found if isinstance(row[self.field], list) else (found[0] if found else None)
+        return rows
+
+    async def _judge_rows(self, requests: Rows) -> Rows:
+        async with self._semaphore():
+            if self._on_ray():
+                import ray
+
+                self._remote = self._remote or ray.remote(num_cpus=1)(judge_rows)
+                task = self._remote
+                if self._borrowed:
+                    task = task.options(scheduling_strategy=self._borrowed[self._sent % len(self._borrowed)].strategy)
+                    self._sent += 1
+                return await asyncio.wrap_future(task.remote(self.cfg, requests).future())
+            judge = self._get_judge()
+            return [verdict_dict(v) for v in await asyncio.to_thread(judge.judge_batch, requests)]
+
+
+def judge_into(cfg: JudgeConfig, field: str, verdict_field: str, lender: Lender | None = None) -> JudgeInto:
+    return JudgeInto(cfg, field, verdict_field, lender)
 
 
 def _responses(value: list[str] | str | None) -> list[str]:

@@ -1,5 +1,8 @@
 """`s3ft data`: load → generate → judge → paraphrase → judge → select, each stage resumable.
 
+The four middle steps run as one stream (`generation.stream`): a shard is judged as soon as it is
+generated, and its failures are paraphrased and judged again while later shards generate.
+
 This file reads like the algorithm; the Ray and vLLM details live in `generation` and `judges`,
 the resumable stages in `runtime`, the S3FT decisions in `selection`.
 """
@@ -22,13 +25,13 @@ from s3ft.data.prompts import Templates, load_templates
 from s3ft.data.split import carve
 from s3ft.data.tasks import paraphrase_messages
 from s3ft.generation.base import Sampling
-from s3ft.generation.mapper import generate_into, lazy_pool
+from s3ft.generation.mapper import GenerateInto, lazy_pool
 from s3ft.judges.mapper import judge_into
 from s3ft.models.chat import render_prompt
 from s3ft.models.resolve import context_length, load_tokenizer, prompt_fits, resolve_model
 from s3ft.runtime.preflight import check_output_dir
 from s3ft.runtime.shards import ShardStore, write_jsonl
-from s3ft.runtime.stage import run_stage
+from s3ft.runtime.stage import Step, run_steps
 from s3ft.selection import needs_paraphrase, select_all, stats
 
 log = logging.getLogger(__name__)
@@ -81,30 +84,33 @@ def _self_and_paraphrase(
 
     with contextlib.ExitStack() as stack:
         pool = lazy_pool(stack, cfg.model.model_copy(update={"path": model_path}), gen, (Path(cfg.output_dir), "generate"))
-        run_stage(loaded, generated, generate_into(pool, sampling, "responses",
-                                                    lambda row: render_prompt(tokenizer, row["messages"])),
-                  "generate")
-        run_stage(generated, judged, judge_into(cfg.judge, "responses", "verdicts", pool.cpu_slots), "judge")
-        if cfg.selection.strategy != "s3ft":
-            return judged
+        steps = [
+            Step("generate", generated, GenerateInto(pool, sampling, "responses",
+                                                     lambda row: render_prompt(tokenizer, row["messages"]))),
+            Step("judge", judged, stack.enter_context(judge_into(cfg.judge, "responses", "verdicts", pool.cpu_slots))),
+        ]
+        if cfg.selection.strategy == "s3ft":
+            greedy_one = replace(sampling, n=1)
+            paraphrased = ShardStore(stages, "paraphrase", stage_key(judged.key, vars(templates), vars(greedy_one)))
+            para_judged = ShardStore(stages, "judge_paraphrase", stage_key(paraphrased.key, judge_key))
 
-        greedy_one = replace(sampling, n=1)
-        paraphrased = ShardStore(stages, "paraphrase", stage_key(judged.key, vars(templates), vars(greedy_one)))
-        para_judged = ShardStore(stages, "judge_paraphrase", stage_key(paraphrased.key, judge_key))
+            def paraphrase_prompt(row: dict[str, Any]) -> str | None:
+                if not needs_paraphrase(row):
+                    return None
+                messages = paraphrase_messages(row, templates)
+                if problem := check(messages):  # the gold makes it longer: no paraphrase, the gold stays the target
+                    log.warning("row %s: no paraphrase: %s", row["id"], problem)
+                    return None
+                return render_prompt(tokenizer, messages)
 
-        def paraphrase_prompt(row: dict[str, Any]) -> str | None:
-            if not needs_paraphrase(row):
-                return None
-            messages = paraphrase_messages(row, templates)
-            if problem := check(messages):  # the gold makes it longer: no paraphrase, the gold stays the target
-                log.warning("row %s: no paraphrase: %s", row["id"], problem)
-                return None
-            return render_prompt(tokenizer, messages)
-
-        run_stage(judged, paraphrased, generate_into(pool, greedy_one, "paraphrase", paraphrase_prompt, first=True),
-                  "paraphrase")
-        run_stage(paraphrased, para_judged, judge_into(cfg.judge, "paraphrase", "paraphrase_verdict", pool.cpu_slots), "judge paraphrase")
-        return para_judged
+            # Priority over new shards: a failed row's paraphrase takes the next free room in the engines.
+            steps += [
+                Step("paraphrase", paraphrased,
+                     GenerateInto(pool, greedy_one, "paraphrase", paraphrase_prompt, first=True, priority=1)),
+                Step("judge paraphrase", para_judged,
+                     stack.enter_context(judge_into(cfg.judge, "paraphrase", "paraphrase_verdict", pool.cpu_slots))),
+            ]
+        return run_steps(loaded, steps, stream=gen.stream)
 
 
 def _select(
