@@ -3,20 +3,27 @@
 Rule judges are cheap and stateless, so each shard goes out as a Ray task that builds its own
 (up to two per CPU of the cluster at once). Where no CPU is free outside placement groups (engines
 hold every CPU of 1-CPU nodes), the tasks run in the CPUs the engines' bundles lend
-(`s3ft.runtime.lending`), round robin, so judging never waits on CPUs held for ever. Judges that run in the driver (the code judge spreads
-its programs itself, the LLM judge owns engines) judge `batches_at_once` shards at a time in threads,
-so the event loop that feeds the engines never waits on them.
+(`s3ft.runtime.lending`), round robin, so judging never waits on CPUs held for ever. A task whose
+node or lent bundle is gone (a lost node, a retired engine) is sent again, up to `TASK_ATTEMPTS` times.
+Judges that run in the driver (the code judge spreads its programs itself, the LLM judge owns engines)
+judge `batches_at_once` shards at a time in threads, so the event loop that feeds the engines never
+waits on them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any, Self
 
 from s3ft.config import JudgeConfig
 from s3ft.judges.base import Judge
 from s3ft.judges.run import judge_from_config, judge_rows, verdict_dict
-from s3ft.runtime.lending import CpuSlot, Lender, borrow
+from s3ft.runtime.lending import CpuSlot, Lender, borrow, lends
+
+log = logging.getLogger(__name__)
+TASK_ATTEMPTS = 3
+SLOT_CHECK_S = 5.0  # how often a task waiting in a lent bundle checks that the bundle is still lent
 
 Rows = list[dict[str, Any]]
 
@@ -32,7 +39,6 @@ class JudgeInto:
         self.cfg, self.field, self.verdict_field, self.lender = cfg, field, verdict_field, lender
         self._judge: Judge | None = None
         self._remote: Any = None  # judge_rows as a Ray task
-        self._borrowed: list[CpuSlot] = []
         self._sent = 0
         self._slots: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
 
@@ -61,9 +67,8 @@ class JudgeInto:
             if self._on_ray():
                 import ray
 
-                self._borrowed = borrow(self.lender)
-                cpus = (sum(int(s.cpus) for s in self._borrowed) if self._borrowed
-                        else int(ray.cluster_resources().get("CPU", 1)))
+                borrowed = borrow(self.lender)
+                cpus = sum(int(s.cpus) for s in borrowed) if borrowed else int(ray.cluster_resources().get("CPU", 1))
                 count = 2 * (self.cfg.num_workers or max(1, cpus))
             else:
                 count = self._get_judge().batches_at_once
@@ -85,16 +90,45 @@ class JudgeInto:
     async def _judge_rows(self, requests: Rows) -> Rows:
         async with self._semaphore():
             if self._on_ray():
-                import ray
-
-                self._remote = self._remote or ray.remote(num_cpus=1)(judge_rows)
-                task = self._remote
-                if self._borrowed:
-                    task = task.options(scheduling_strategy=self._borrowed[self._sent % len(self._borrowed)].strategy)
-                    self._sent += 1
-                return await asyncio.wrap_future(task.remote(self.cfg, requests).future())
+                return await self._judge_on_ray(requests)
             judge = self._get_judge()
             return [verdict_dict(v) for v in await asyncio.to_thread(judge.judge_batch, requests)]
+
+    async def _judge_on_ray(self, requests: Rows) -> Rows:
+        import ray
+        from ray.exceptions import RayError, RayTaskError
+
+        # Our retries, not Ray's: Ray would retry into the same bundle, which may be gone for good.
+        self._remote = self._remote or ray.remote(num_cpus=1, max_retries=0)(judge_rows)
+        attempts = 0
+        while True:
+            attempts += 1
+            slots = borrow(self.lender)  # asked each time: the engines lending them may change
+            slot = slots[self._sent % len(slots)] if slots else None
+            self._sent += 1
+            task = self._remote.options(scheduling_strategy=slot.strategy) if slot else self._remote
+            ref = task.remote(self.cfg, requests)
+            try:
+                return await self._result(ref, slot)
+            except RayTaskError:
+                raise  # the judge itself failed: not a matter of where it ran
+            except RayError as exc:
+                if attempts == TASK_ATTEMPTS:
+                    raise
+                log.warning("judge: a shard's task is sent again: %s", type(exc).__name__)
+
+    async def _result(self, ref: Any, slot: CpuSlot | None) -> Rows:
+        import ray
+        from ray.exceptions import TaskCancelledError
+
+        future = asyncio.wrap_future(ref.future())
+        while True:
+            done, _ = await asyncio.wait({future}, timeout=SLOT_CHECK_S)
+            if done:
+                return future.result()
+            if slot is not None and not lends(self.lender, slot):  # its engine was retired: it would wait for ever
+                ray.cancel(ref, force=True)
+                raise TaskCancelledError()
 
 
 def judge_into(cfg: JudgeConfig, field: str, verdict_field: str, lender: Lender | None = None) -> JudgeInto:

@@ -24,6 +24,16 @@ class CpuSlot:
 Lender = Callable[[], list[CpuSlot]]  # the slots on loan now (none while the lender is not running)
 
 
+def lends(lender: Lender | None, slot: CpuSlot) -> bool:
+    """Is `slot` still on loan (its placement group not retired)?"""
+    key = _bundle(slot)
+    return lender is not None and any(_bundle(s) == key for s in lender())
+
+
+def _bundle(slot: CpuSlot) -> tuple[Any, int]:
+    return slot.strategy.placement_group.id, slot.strategy.placement_group_bundle_index
+
+
 def borrow(lender: Lender | None) -> list[CpuSlot]:
     """The slots to run CPU tasks in, or [] when the cluster has a CPU free outside placement groups."""
     import ray

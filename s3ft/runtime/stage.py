@@ -56,11 +56,18 @@ def run_steps(source: ShardStore, steps: Sequence[Step], *, stream: bool = True)
 
 
 async def _run(source: ShardStore, steps: Sequence[Step]) -> None:
-    with watchdog(" / ".join(step.name for step in steps)) as progress:
-        await _run_watched(source, steps, progress)
+    inside = [0] * len(steps)  # shards inside each step now: the watchdog names the steps that wait
+
+    def waiting() -> str:
+        return " / ".join(s.name for s, n in zip(steps, inside, strict=True) if n) or steps[0].name
+
+    with watchdog(waiting) as progress:
+        await _run_watched(source, steps, inside, progress)
 
 
-async def _run_watched(source: ShardStore, steps: Sequence[Step], progress: Callable[[], None]) -> None:
+async def _run_watched(
+    source: ShardStore, steps: Sequence[Step], inside: list[int], progress: Callable[[], None]
+) -> None:
     started = time.time()
     total = source.num_shards
     entry = {i: k for i in range(total) if (k := _first_missing(steps, i)) is not None}
@@ -83,7 +90,11 @@ async def _run_watched(source: ShardStore, steps: Sequence[Step], progress: Call
         try:
             rows = (steps[first - 1].out if first else source).read(index)
             for k in range(first, len(steps)):
-                rows = await steps[k].mapper(index, rows)
+                inside[k] += 1
+                try:
+                    rows = await steps[k].mapper(index, rows)
+                finally:
+                    inside[k] -= 1
                 steps[k].out.write(index, rows)
                 done[k] += 1
                 bars[k].update(1)
@@ -102,7 +113,9 @@ async def _run_watched(source: ShardStore, steps: Sequence[Step], progress: Call
                 task.result()  # a failed shard ends the run
             finish_ready()
             # Read the next shard only when its first step can start it, so nothing piles up unread-ahead.
-            while pending and len(active) < MAX_SHARDS_ACTIVE and (not active or steps[entry[pending[0]]].mapper.ready()):
+            while pending and len(active) < MAX_SHARDS_ACTIVE and (
+                not active or steps[entry[pending[0]]].mapper.ready()
+            ):
                 index = pending.popleft()
                 active.add(asyncio.create_task(run_shard(index, entry[index])))
                 await asyncio.sleep(0)  # it takes its engine or judge now, before the next shard is weighed

@@ -24,9 +24,11 @@ REMEDY = ("It runs once a node with those resources joins or their holders give 
 
 
 @contextmanager
-def watchdog(stage: str, quiet_s: float = QUIET_S) -> Iterator[Callable[[], None]]:
+def watchdog(stage: str | Callable[[], str], quiet_s: float = QUIET_S) -> Iterator[Callable[[], None]]:
     """Yields `progress()`, to call whenever the stage finishes a piece of work. Every `quiet_s` without
-    progress, a thread logs what the cluster cannot schedule (and nothing when all is merely running)."""
+    progress, a thread logs what the cluster cannot schedule (and nothing when all is merely running).
+    `stage`: its name, or a function that says which of its steps the work waits in now."""
+    name = stage if callable(stage) else lambda: stage
     last = [time.monotonic()]
     stop = threading.Event()
 
@@ -41,10 +43,10 @@ def watchdog(stage: str, quiet_s: float = QUIET_S) -> Iterator[Callable[[], None
                 log.debug("watchdog could not read Ray's state: %s", exc)
                 continue
             if why:
-                log.warning("%s: nothing finished for %.0f s: %s", stage, quiet, why)
+                log.warning("%s: nothing finished for %.0f s: %s", name(), quiet, why)
                 last[0] = time.monotonic()  # say it again after another quiet period, not every 5 s
 
-    thread = threading.Thread(target=watch, name=f"watchdog {stage}", daemon=True)
+    thread = threading.Thread(target=watch, name=f"watchdog {name()}", daemon=True)
     thread.start()
     try:
         yield lambda: last.__setitem__(0, time.monotonic())
