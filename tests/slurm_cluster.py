@@ -22,7 +22,8 @@ rig's kind (`tests.multinode.start_in_namespaces`):
 Everything lives in a fresh temp dir (slurm.conf, the munge key and socket, state, spool, logs), the
 ports are free ones, so it never meets a system Slurm or another test's. On exit every job is
 cancelled, each node's pid namespace is killed, the daemons are stopped and the temp dir is removed;
-the daemons also die with the process that started them (setpriv --pdeathsig for the nodes).
+every daemon, and so every node, also dies with the process that started it (setpriv --pdeathsig),
+even when that process is SIGKILLed.
 
 Needs root (SlurmUser=root, munged's key checks, namespaces) and the binaries; `missing_requirements()`
 says why not otherwise.
@@ -78,6 +79,18 @@ class SlurmCluster:
         """NodeName -> Slurm's state of it (idle, alloc, down ...)."""
         out = self.run("sinfo", "--noheader", "--Node", "-o", "%N %t", timeout=15).stdout
         return dict(line.split() for line in out.splitlines() if line.strip())
+
+    def wait_for_job(self, job_id: str, timeout: float) -> tuple[str, str]:
+        """(JobState, ExitCode) once the job has ended and its processes are cleaned up, polled each second
+        (`sbatch --wait` polls ever less often, up to every 10 s)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            out = self.run("scontrol", "--oneliner", "show", "job", job_id).stdout
+            fields = dict(f.split("=", 1) for f in out.split() if "=" in f)
+            if fields.get("JobState") not in (None, "PENDING", "CONFIGURING", "RUNNING", "COMPLETING"):
+                return fields["JobState"], fields.get("ExitCode", "")
+            time.sleep(1)
+        raise TimeoutError(f"job {job_id} still running after {timeout:.0f} s")
 
     def run(self, *cmd: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
         return subprocess.run(list(cmd), check=False, env={**os.environ, **self.env}, capture_output=True, text=True,
@@ -199,8 +212,8 @@ def slurm_cluster(nodes: dict[str, str] = NODES, start_timeout: float = 90) -> I
 
         def start(*cmd: str) -> subprocess.Popen[bytes]:
             with (root / "log" / f"{Path(cmd[0]).name}.out").open("wb") as log:
-                proc = subprocess.Popen(list(cmd), env=daemon_env, stdout=log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+                proc = subprocess.Popen(["setpriv", "--pdeathsig", "KILL", *cmd], env=daemon_env, stdout=log,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
             stack.callback(_stop, proc)
             return proc
 

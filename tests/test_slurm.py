@@ -54,18 +54,19 @@ def job_env(cluster: SlurmCluster, marker: str, **extra: str) -> dict[str, str]:
 
 def sbatch(cluster: SlurmCluster, script: Path, config: Path, log: Path, env: dict[str, str],
            timeout: float) -> None:
-    """`sbatch --wait --nodes=2` the script from the repo root, then check it left nothing running; on
-    failure the assertion carries the job's log tail."""
-    cmd = ["sbatch", "--wait", f"--nodes={len(cluster.nodes)}", "--export=ALL", f"--output={log}", "--time=15",
+    """Submit the script with `--nodes=2` from the repo root, wait until the job has ended, then check it
+    left nothing running; on failure the assertion carries the job's log tail."""
+    cmd = ["sbatch", "--parsable", f"--nodes={len(cluster.nodes)}", "--export=ALL", f"--output={log}", "--time=15",
            str(script), str(config)]
+    submitted = subprocess.run(cmd, check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert submitted.returncode == 0, submitted.stderr
     try:
-        result = subprocess.run(cmd, check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
+        state, exit_code = cluster.wait_for_job(submitted.stdout.strip().split(";")[0], timeout)
+    except TimeoutError:
         cluster.cancel_all()
         pytest.fail(f"{script.name} did not finish in {timeout:.0f}s\n{tail(log)}")
-    assert result.returncode == 0, (
-        f"{script.name} failed (sbatch exit {result.returncode})\n{result.stdout}{result.stderr}\n"
-        f"--- job log\n{tail(log)}\n{cluster.log_tail(1500)}"
+    assert (state, exit_code) == ("COMPLETED", "0:0"), (
+        f"{script.name} ended {state}, exit code {exit_code}\n--- job log\n{tail(log)}\n{cluster.log_tail(1500)}"
     )
     assert_nothing_left(f"S3FT_TEST_JOB={env['S3FT_TEST_JOB']}", log)
 
