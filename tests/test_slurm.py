@@ -133,7 +133,8 @@ def test_train_deepspeed_sbatch_trains_one_rank_per_node(cluster: SlurmCluster, 
     (first, first_ip), (second, second_ip) = cluster.nodes.items()
     assert f"torchrun on 2 node(s) ({first} {second}) x 1 process(es), rendezvous {first_ip}:" in text, tail(log)
     placement = ranks(out)
-    assert {p["rank"]: (p["hostname"], p["address"]) for p in placement} == {0: (first, first_ip), 1: (second, second_ip)}
+    where = {p["rank"]: (p["hostname"], p["address"]) for p in placement}
+    assert where == {0: (first, first_ip), 1: (second, second_ip)}, placement  # node rank = SLURM_NODEID
     assert {str(p["master"]).rsplit(":", 1)[0] for p in placement} == {first_ip}, placement  # both met at node 1
     assert (out / "model" / "config.json").is_file() and list((out / "model").glob("*.safetensors")), tail(log)
     steps = [json.loads(line) for line in (out / "logs" / "rows.jsonl").read_text().splitlines()]
