@@ -131,19 +131,11 @@ class Rig:
                      f"--ray-client-server-port={free_port()}"]
         else:
             args += [f"--address={self.gcs_address}"]
-        mounts = "".join(f"mkdir -p {d!r} && mount -t tmpfs s3ft-private {d!r} && " for d in node.private_dirs)
-        hosts = f"mount --bind {str(self.root / 'hosts')!r} /etc/hosts && " if (self.root / "hosts").is_file() else ""
-        script = f"hostname {node.name} && {hosts}{mounts}exec \"$@\""
-        log = (self.root / f"{node.name}.log").open("ab")
-        node.proc = subprocess.Popen(
-            # setpriv: SIGKILL when the process that started it dies (even by SIGKILL)
-            ["setpriv", "--pdeathsig", "KILL", "unshare", "--pid", "--fork", "--kill-child", "--mount", "--mount-proc", "--propagation", "private",
-             "--uts", "sh", "-c", script, "node", *args],
-            env=self.client_env() | NODE_ENV, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        hosts = self.root / "hosts"
+        node.proc, node.namespace = start_in_namespaces(
+            node.name, args, log=self.root / f"{node.name}.log", env=self.client_env() | NODE_ENV,
+            hosts=hosts if hosts.is_file() else None, private_dirs=node.private_dirs)
         self.nodes[node.name] = node
-        node.namespace = _child_namespace(node.proc.pid)
 
     def wait_for_nodes(self, timeout_s: float = NODE_START_TIMEOUT_S) -> None:
         """Until every running node is ALIVE in Ray's view of the cluster and the head takes jobs."""
@@ -186,18 +178,8 @@ class Rig:
 
     def node_pids(self, name: str) -> set[int]:
         """Every process of a node: those in its pid namespace (host pids)."""
-        node = self.nodes[name]
-        if node.namespace is None:
-            return set()
-        found = set()
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    if os.readlink(entry / "ns" / "pid") == node.namespace:
-                        found.add(int(entry.name))
-                except OSError:
-                    continue
-        return found
+        namespace = self.nodes[name].namespace
+        return namespace_pids(namespace) if namespace is not None else set()
 
     def restart_node(self, name: str) -> None:
         """Start a killed node again, with the same name, address and CPUs (a machine back after a reboot)."""
@@ -222,12 +204,8 @@ class Rig:
     def kill_node(self, name: str) -> None:
         """The node dies as a machine does: every one of its processes, at once (SIGKILL to its pid namespace)."""
         node = self.nodes[name]
-        if node.proc is not None and node.proc.poll() is None:
-            node.proc.kill()  # unshare --kill-child: its pid 1 gets SIGKILL, and with it the whole namespace
-            node.proc.wait()
-        deadline = time.monotonic() + 30
-        while self.node_pids(name) and time.monotonic() < deadline:  # the kernel kills the rest in a moment
-            time.sleep(0.1)
+        if node.proc is not None:
+            kill_namespace(node.proc, node.namespace)
 
     def log_tail(self, chars: int = 2000) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-chars:]}" for p in sorted(self.root.glob("*.log")))
@@ -236,6 +214,56 @@ class Rig:
         for name in reversed(list(self.nodes)):
             self.kill_node(name)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def start_in_namespaces(name: str, cmd: Sequence[str], *, log: Path, env: dict[str, str], hosts: Path | None = None,
+                        private_dirs: Sequence[str] = ()) -> tuple[subprocess.Popen[bytes], str]:
+    """`cmd` as pid 1 of new pid, mount and UTS namespaces: one node of a rig (this Ray rig, the Slurm rig
+    of tests/slurm_cluster.py). Its hostname is `name`, `hosts` is its /etc/hosts, and it sees a private
+    tmpfs at each of `private_dirs`. Returns the process (`unshare`: killing it kills the node) and the
+    node's pid namespace."""
+    mounts = "".join(f"mkdir -p {str(d)!r} && mount -t tmpfs s3ft-private {str(d)!r} && " for d in private_dirs)
+    bind = f"mount --bind {str(hosts)!r} /etc/hosts && " if hosts is not None else ""
+    script = f"hostname {name} && {bind}{mounts}exec \"$@\""
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            # setpriv: SIGKILL when the process that started it dies (even by SIGKILL)
+            ["setpriv", "--pdeathsig", "KILL", "unshare", "--pid", "--fork", "--kill-child", "--mount", "--mount-proc",
+             "--propagation", "private", "--uts", "sh", "-c", script, name, *cmd],
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    return proc, _child_namespace(proc.pid)
+
+
+def kill_namespace(proc: subprocess.Popen[bytes], namespace: str | None, timeout_s: float = 30.0) -> None:
+    """Kill a node as a machine dies: every process of its pid namespace at once."""
+    if proc.poll() is None:
+        proc.kill()  # unshare --kill-child: its pid 1 gets SIGKILL, and with it the whole namespace
+        proc.wait()
+    deadline = time.monotonic() + timeout_s
+    while namespace is not None and namespace_pids(namespace) and time.monotonic() < deadline:
+        time.sleep(0.1)  # the kernel kills the rest in a moment
+
+
+def write_hosts(path: Path, addresses: dict[str, str]) -> Path:
+    """The machine's /etc/hosts plus a line per node: every node resolves every node's hostname to its
+    address, as a cluster's DNS would (Gloo binds to the address its hostname resolves to, and falls
+    back to 127.0.0.1 when it resolves to nothing)."""
+    path.write_text(Path("/etc/hosts").read_text() + "".join(f"{ip} {name}\n" for name, ip in addresses.items()))
+    return path
+
+
+def namespace_pids(namespace: str) -> set[int]:
+    """Every process in a pid namespace ("pid:[INODE]"), as host pids."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.readlink(entry / "ns" / "pid") == namespace:
+                    found.add(int(entry.name))
+            except OSError:
+                continue
+    return found
 
 
 def _child_namespace(unshare_pid: int, timeout_s: float = 10.0) -> str:
@@ -262,10 +290,7 @@ def multinode_cluster(
     rig = Rig(root, free_port(), free_port(), secrets.token_hex(32))
     private = private_dirs or {}
     names = {HEAD_NAME: HEAD_ADDRESS} | {f"s3ft-node{i}": f"127.0.0.{i + 2}" for i in range(1, len(worker_cpus) + 1)}
-    # Every node resolves every node's hostname to its address, as a cluster's DNS would (Gloo binds to
-    # the address its hostname resolves to, and falls back to 127.0.0.1 when it resolves to nothing).
-    (root / "hosts").write_text(Path("/etc/hosts").read_text()
-                                + "".join(f"{ip} {name}\n" for name, ip in names.items()))
+    write_hosts(root / "hosts", names)
     try:
         rig.start_node(Node(HEAD_NAME, HEAD_ADDRESS, head_cpus, root / "head", tuple(private.get(HEAD_NAME, ()))),
                        head=True)

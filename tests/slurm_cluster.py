@@ -1,51 +1,68 @@
-"""A throwaway one-node Slurm on localhost for the launch tests (Debian's `slurm-wlm` + `munge`).
+"""A throwaway two-node Slurm on this machine (Debian's `slurm-wlm` + `munge`), for the launch tests and
+for trying a job across nodes by hand:
+
+    python -m tests.slurm_cluster up      # prints the SLURM_CONF to export; Ctrl-C tears it down
 
     with slurm_cluster() as cluster:
-        subprocess.run(["sbatch", "--wait", "job.sbatch"], env={**os.environ, **cluster.env})
+        subprocess.run(["sbatch", "--wait", "--nodes=2", "job.sbatch"], env={**os.environ, **cluster.env})
 
-Everything lives in a fresh temp dir: slurm.conf, the munge key and socket, state, spool, pid and log
-files. munged, slurmctld and slurmd run in the foreground as children of this process, on free ports,
-so they never meet a system Slurm or another test's. On exit every job is cancelled, every process
-that carries this cluster's SLURM_CONF in its environment (slurmstepd, job scripts, what they
-started) is killed, the daemons are stopped and the temp dir is removed.
+One slurmctld runs here (127.0.0.1) with munged; each node is a slurmd started as a node of the Ray
+rig's kind (`tests.multinode.start_in_namespaces`):
+- its hostname (UTS namespace) is its NodeName, `s3ft-slurm1`, `s3ft-slurm2`, and every node resolves
+  every node's name to its address (the rig's /etc/hosts, bound in each node's mount namespace);
+- its own NodeAddr, 127.0.0.5 and 127.0.0.6 (the Ray rig has 127.0.0.2-4, so both rigs can run at
+  once), and its own `Port=` on its NodeName line: the slurmds share one network namespace, so they
+  cannot both bind one SlurmdPort;
+- a pid namespace whose pid 1 is the slurmd: the node's job steps (slurmstepd daemonizes) and all they
+  start stay in it, so killing the node kills them all, as when a machine dies;
+- node-local scratch: a private tmpfs at `local_dir` in its mount namespace, as a node's own /tmp
+  (everything else, the run directories included, is the same on every node, as shared storage is);
+- its own spool, pid and log files, half the CPUs and half the memory.
 
-Needs root (SlurmUser=root, munged's key checks) and the binaries; otherwise `pytest.skip` says which.
+Everything lives in a fresh temp dir (slurm.conf, the munge key and socket, state, spool, logs), the
+ports are free ones, so it never meets a system Slurm or another test's. On exit every job is
+cancelled, each node's pid namespace is killed, the daemons are stopped and the temp dir is removed;
+every daemon, and so every node, also dies with the process that started it (setpriv --pdeathsig),
+even when that process is SIGKILLed.
+
+Needs root (SlurmUser=root, munged's key checks, namespaces) and the binaries; `missing_requirements()`
+says why not otherwise.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
+from tests import multinode
 
 BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "srun", "sinfo", "squeue", "scancel", "scontrol")
+NODES = {"s3ft-slurm1": "127.0.0.5", "s3ft-slurm2": "127.0.0.6"}  # NodeName -> NodeAddr
 MEMORY_MARGIN_MB = 1024  # RealMemory above what slurmd sees drains the node; stay below it
 
 
 @dataclass
 class SlurmCluster:
     root: Path
-    node: str
-    cpus: int
-    memory_mb: int
+    nodes: dict[str, str]  # NodeName -> NodeAddr, in the order Slurm allocates them
+    local_dir: Path  # a private directory on each node (node-local scratch)
     env: dict[str, str] = field(default_factory=dict)  # SLURM_CONF for sbatch/srun/sinfo
 
     def log_tail(self, chars: int = 3000) -> str:
         parts = []
-        for name in ("slurmctld.log", "slurmd.log", "munged.log"):
-            path = self.root / "log" / name
-            if path.is_file():
-                parts.append(f"--- {name}\n{path.read_text(errors='replace')[-chars:]}")
+        for path in sorted((self.root / "log").glob("*")):
+            parts.append(f"--- {path.name}\n{path.read_text(errors='replace')[-chars:]}")
         return "\n".join(parts)
 
     def cancel_all(self, timeout: float = 60) -> None:
@@ -58,8 +75,25 @@ class SlurmCluster:
         except (subprocess.TimeoutExpired, OSError):
             pass
 
+    def node_states(self) -> dict[str, str]:
+        """NodeName -> Slurm's state of it (idle, alloc, down ...)."""
+        out = self.run("sinfo", "--noheader", "--Node", "-o", "%N %t", timeout=15).stdout
+        return dict(line.split() for line in out.splitlines() if line.strip())
+
+    def wait_for_job(self, job_id: str, timeout: float) -> tuple[str, str]:
+        """(JobState, ExitCode) once the job has ended and its processes are cleaned up, polled each second
+        (`sbatch --wait` polls ever less often, up to every 10 s)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            out = self.run("scontrol", "--oneliner", "show", "job", job_id).stdout
+            fields = dict(f.split("=", 1) for f in out.split() if "=" in f)
+            if fields.get("JobState") not in (None, "PENDING", "CONFIGURING", "RUNNING", "COMPLETING"):
+                return fields["JobState"], fields.get("ExitCode", "")
+            time.sleep(1)
+        raise TimeoutError(f"job {job_id} still running after {timeout:.0f} s")
+
     def run(self, *cmd: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(list(cmd), env={**os.environ, **self.env}, capture_output=True, text=True,
+        return subprocess.run(list(cmd), check=False, env={**os.environ, **self.env}, capture_output=True, text=True,
                               timeout=timeout)
 
 
@@ -68,15 +102,7 @@ def missing_requirements() -> str | None:
     missing = [b for b in BINARIES if shutil.which(b) is None and not Path("/usr/sbin", b).exists()]
     if missing:
         return f"Slurm/munge binaries not installed ({', '.join(missing)}); apt-get install slurm-wlm munge"
-    if os.geteuid() != 0:
-        return "a throwaway Slurm needs root (SlurmUser=root, munged's key ownership checks)"
-    return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return multinode.missing_requirements()  # root, and namespaces for the nodes
 
 
 def _memory_mb() -> int:
@@ -90,29 +116,31 @@ def _binary(name: str) -> str:
     return shutil.which(name) or str(Path("/usr/sbin", name))
 
 
-def _write_config(root: Path, node: str, cpus: int, memory_mb: int) -> Path:
+def _write_config(root: Path, nodes: dict[str, str], cpus: int, memory_mb: int) -> Path:
     for sub in ("state", "spool", "log", "run", "munge"):
         (root / sub).mkdir(mode=0o700)
     key = root / "munge" / "munge.key"
     key.write_bytes(os.urandom(1024))
     key.chmod(0o400)
+    node_lines = "".join(f"NodeName={name} NodeAddr={addr} Port={multinode.free_port()} CPUs={cpus} "
+                         f"RealMemory={memory_mb} State=UNKNOWN\n" for name, addr in nodes.items())
     conf = root / "slurm.conf"
+    # %n in the slurmd paths is the NodeName: each node's spool, pid and log files are its own.
     conf.write_text(f"""\
 ClusterName=s3fttest
-SlurmctldHost={node}(127.0.0.1)
-SlurmctldPort={_free_port()}
-SlurmdPort={_free_port()}
+SlurmctldHost={socket.gethostname().split(".")[0]}(127.0.0.1)
+SlurmctldPort={multinode.free_port()}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket={root / "munge" / "sock"}
 StateSaveLocation={root / "state"}
-SlurmdSpoolDir={root / "spool"}
+SlurmdSpoolDir={root / "spool" / "%n"}
 SlurmctldPidFile={root / "run" / "slurmctld.pid"}
-SlurmdPidFile={root / "run" / "slurmd.pid"}
+SlurmdPidFile={root / "run" / "slurmd-%n.pid"}
 SlurmctldLogFile={root / "log" / "slurmctld.log"}
-SlurmdLogFile={root / "log" / "slurmd.log"}
+SlurmdLogFile={root / "log" / "slurmd-%n.log"}
 SlurmctldDebug=info
 SlurmdDebug=info
 ProctrackType=proctrack/linuxproc
@@ -128,8 +156,7 @@ KillWait=10
 MinJobAge=300
 SlurmdTimeout=120
 InactiveLimit=0
-NodeName={node} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory_mb} State=UNKNOWN
-PartitionName=debug Nodes={node} Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
+{node_lines}PartitionName=debug Nodes={",".join(nodes)} Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 """)
     return conf
 
@@ -151,23 +178,7 @@ def processes_with_env(marker: bytes, exclude: set[int] = frozenset()) -> list[i
     return pids
 
 
-def _kill_marked(marker: bytes, exclude: set[int], grace: float = 10) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        pids = processes_with_env(marker, exclude)
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.time() + grace
-        while pids and time.time() < deadline:
-            time.sleep(0.2)
-            pids = processes_with_env(marker, exclude)
-        if not pids:
-            return
-
-
-def _stop(proc: subprocess.Popen, grace: float = 15) -> None:
+def _stop(proc: subprocess.Popen[bytes], grace: float = 15) -> None:
     if proc.poll() is not None:
         return
     proc.terminate()
@@ -179,31 +190,30 @@ def _stop(proc: subprocess.Popen, grace: float = 15) -> None:
 
 
 @contextmanager
-def slurm_cluster(start_timeout: float = 90) -> Iterator[SlurmCluster]:
-    """Start munged, slurmctld and slurmd for this host as one idle node; stop and remove all on exit."""
+def slurm_cluster(nodes: dict[str, str] = NODES, start_timeout: float = 90) -> Iterator[SlurmCluster]:
+    """Start munged, slurmctld and a slurmd per node (each in namespaces of its own); all idle on entry,
+    all stopped and removed on exit."""
     reason = missing_requirements()
     if reason:
-        pytest.skip(reason)
-    node = socket.gethostname().split(".")[0]
-    cpus = len(os.sched_getaffinity(0))  # what `nproc` says
-    memory_mb = max(256, _memory_mb() - MEMORY_MARGIN_MB)
-    root = Path(tempfile.mkdtemp(prefix="slurm-", dir="/tmp"))  # short: the munge socket path must fit
+        raise RuntimeError(reason)
+    cpus = max(1, len(os.sched_getaffinity(0)) // len(nodes))  # the machine's CPUs, split between the nodes
+    memory_mb = max(256, (_memory_mb() - MEMORY_MARGIN_MB) // len(nodes))
+    root = Path(tempfile.mkdtemp(prefix="slurm-", dir="/tmp"))  # short: socket paths (munge, Ray) must fit
     root.chmod(0o700)
-    conf = _write_config(root, node, cpus, memory_mb)
+    conf = _write_config(root, nodes, cpus, memory_mb)
+    hosts = multinode.write_hosts(root / "hosts", nodes)
     env = {"SLURM_CONF": str(conf)}
-    marker = f"SLURM_CONF={conf}".encode()
     daemon_env = {**os.environ, **env}
     daemon_env.pop("SLURM_JOB_ID", None)
-    cluster = SlurmCluster(root=root, node=node, cpus=cpus, memory_mb=memory_mb, env=env)
+    cluster = SlurmCluster(root=root, nodes=dict(nodes), local_dir=root / "local", env=env)
     munge = root / "munge"
     with ExitStack() as stack:
         stack.callback(shutil.rmtree, root, ignore_errors=True)
 
-        def start(*cmd: str) -> subprocess.Popen:
-            log = (root / "log" / f"{Path(cmd[0]).name}.out").open("wb")
-            stack.callback(log.close)
-            proc = subprocess.Popen(list(cmd), env=daemon_env, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+        def start(*cmd: str) -> subprocess.Popen[bytes]:
+            with (root / "log" / f"{Path(cmd[0]).name}.out").open("wb") as log:
+                proc = subprocess.Popen(["setpriv", "--pdeathsig", "KILL", *cmd], env=daemon_env, stdout=log,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
             stack.callback(_stop, proc)
             return proc
 
@@ -215,25 +225,54 @@ def slurm_cluster(start_timeout: float = 90) -> Iterator[SlurmCluster]:
             if munged.poll() is not None or time.time() > deadline:
                 raise RuntimeError(f"munged did not start (exit {munged.poll()})\n{cluster.log_tail()}")
             time.sleep(0.1)
-        # On exit (callbacks run LIFO): cancel the jobs, stop slurmd and slurmctld, kill whatever the jobs
-        # left behind (slurmstepd daemonizes, so it outlives slurmd), then stop munged.
-        stack.callback(_kill_marked, marker, {munged.pid})
-        ctld = start(_binary("slurmctld"), "-D", "-i", "-f", str(conf))
-        slurmd = start(_binary("slurmd"), "-D", "-f", str(conf), "-N", node)
+        daemons = {"munged": munged, "slurmctld": start(_binary("slurmctld"), "-D", "-i", "-f", str(conf))}
+        # On exit (callbacks run LIFO): cancel the jobs, kill every node (its slurmd, job steps and all they
+        # started), then stop slurmctld and munged.
+        for name in nodes:
+            (root / "spool" / name).mkdir(mode=0o700)
+            proc, namespace = multinode.start_in_namespaces(
+                name, [_binary("slurmd"), "-D", "-f", str(conf), "-N", name], log=root / "log" / f"{name}.out",
+                env=daemon_env, hosts=hosts, private_dirs=[str(cluster.local_dir)])
+            stack.callback(multinode.kill_namespace, proc, namespace)
+            daemons[f"slurmd {name}"] = proc
         stack.callback(cluster.cancel_all)
 
         while True:
-            for name, proc in (("slurmctld", ctld), ("slurmd", slurmd), ("munged", munged)):
+            for name, proc in daemons.items():
                 if proc.poll() is not None:
                     raise RuntimeError(f"{name} exited with {proc.returncode}\n{cluster.log_tail()}")
             try:
-                state = cluster.run("sinfo", "--noheader", "-n", node, "-o", "%t", timeout=15).stdout.strip()
+                states = cluster.node_states()
             except subprocess.TimeoutExpired:
-                state = ""
-            if state == "idle":
+                states = {}
+            if all(states.get(name) == "idle" for name in nodes):
                 break
             if time.time() > deadline:
-                raise RuntimeError(f"node {node} not idle after {start_timeout:.0f}s (state {state!r})\n"
-                                   f"{cluster.log_tail()}")
+                raise RuntimeError(f"nodes not idle after {start_timeout:.0f}s (states {states})\n{cluster.log_tail()}")
             time.sleep(0.5)
         yield cluster
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.slurm_cluster", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="start the two-node Slurm and keep it until Ctrl-C (or SIGTERM)")
+    parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    with slurm_cluster() as cluster:
+        print(f"# {len(cluster.nodes)} Slurm nodes up ({', '.join(f'{n} on {a}' for n, a in cluster.nodes.items())});"
+              f" in another shell:\nexport SLURM_CONF={cluster.env['SLURM_CONF']}\n"
+              f"sinfo -N; sbatch --nodes=2 ...\n"
+              f"# node-local scratch on each node: {cluster.local_dir}; daemon logs under {cluster.root / 'log'}\n"
+              f"# Ctrl-C here stops every node and job", flush=True)
+        try:
+            while all(state != "down" for state in cluster.node_states().values()):
+                time.sleep(2)
+            print("a node is down:\n" + cluster.log_tail(), file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,8 +1,8 @@
 """`train()`: check everything, tokenize once, start the ranks, return the exported model folder.
 
-Tokenizing happens once per run: in the driver under Ray and the local launcher, and on local rank 0 of
-each node under torchrun (the other ranks wait); the rows are written as memory-mapped arrays that
-every rank opens without copying.
+Tokenizing happens once per run: in the driver under Ray and the local launcher, and on rank 0 under
+torchrun (the other ranks wait); the rows are written under output_dir, which every node shares, as
+memory-mapped arrays that every rank opens without copying.
 
 Every user mistake (missing model, empty or over-long rows, a DeepSpeed JSON that contradicts the
 train section) is raised here, in the calling process, before any rank starts.
@@ -88,9 +88,10 @@ def prepare(run_dir: Path, model_path: str, cfg: TrainConfig, *, data_path: Path
 
 
 def prepare_on_node(run_dir: Path, model_path: str, cfg: TrainConfig, *, data_path: Path | None = None) -> WorkerSpec:
-    """Under torchrun: local rank 0 prepares (tokenizes once per node, writes the memory-mapped rows), the
-    other ranks wait in the process group, then check the settings only. A user error on any node is
-    raised on every rank, so all of them stop with the same message."""
+    """Under torchrun: rank 0 prepares (tokenizes once, writes the memory-mapped rows to the shared
+    output_dir; one writer, as ranks on several nodes writing the same files would race), the other ranks
+    wait in the process group, then check the settings only. A user error on any rank is raised on every
+    rank, so all of them stop with the same message."""
     import torch.distributed as dist
 
     from s3ft.train import groups
@@ -98,7 +99,7 @@ def prepare_on_node(run_dir: Path, model_path: str, cfg: TrainConfig, *, data_pa
     use_gpu = resolve_use_gpu(cfg)
     groups.start(use_gpu, cfg.collective_timeout_s)
     spec, error = None, None
-    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+    if int(os.environ.get("RANK", "0")) == 0:
         try:
             spec = prepare(run_dir, model_path, cfg, data_path=data_path)
         except S3FTError as exc:

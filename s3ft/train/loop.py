@@ -40,7 +40,7 @@ def run_worker(spec: WorkerSpec) -> None:
     try:
         check_device(spec)
         rank, world = dist.get_rank(), dist.get_world_size()
-        dist.barrier()  # the rows were written just before (by the driver, or local rank 0 under torchrun)
+        dist.barrier()  # the rows were written just before (by the driver, or rank 0 under torchrun)
         _record_ranks(run_dir, rank, world)
         device = torch.device("cuda", torch.cuda.current_device()) if spec.use_gpu else torch.device("cpu")
         _train(spec, cfg, run_dir, rank, world, device)
