@@ -186,18 +186,8 @@ class Rig:
 
     def node_pids(self, name: str) -> set[int]:
         """Every process of a node: those in its pid namespace (host pids)."""
-        node = self.nodes[name]
-        if node.namespace is None:
-            return set()
-        found = set()
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    if os.readlink(entry / "ns" / "pid") == node.namespace:
-                        found.add(int(entry.name))
-                except OSError:
-                    continue
-        return found
+        namespace = self.nodes[name].namespace
+        return namespace_pids(namespace) if namespace is not None else set()
 
     def restart_node(self, name: str) -> None:
         """Start a killed node again, with the same name, address and CPUs (a machine back after a reboot)."""
@@ -238,18 +228,36 @@ class Rig:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def _child_namespace(unshare_pid: int, timeout_s: float = 10.0) -> str:
-    """The pid namespace of the first process `unshare --fork` made."""
+def namespace_pids(namespace: str) -> set[int]:
+    """Every process in a pid namespace ("pid:[INODE]"), as host pids."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.readlink(entry / "ns" / "pid") == namespace:
+                    found.add(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def first_child(unshare_pid: int, timeout_s: float = 10.0) -> int:
+    """The first process `unshare --fork` made: pid 1 of its namespace."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
             children = Path(f"/proc/{unshare_pid}/task/{unshare_pid}/children").read_text().split()
             if children:
-                return os.readlink(f"/proc/{children[0]}/ns/pid")
+                return int(children[0])
         except OSError:
             pass
         time.sleep(0.05)
-    raise RuntimeError(f"unshare (pid {unshare_pid}) made no node process in {timeout_s:.0f} s")
+    raise RuntimeError(f"unshare (pid {unshare_pid}) made no process in {timeout_s:.0f} s")
+
+
+def _child_namespace(unshare_pid: int, timeout_s: float = 10.0) -> str:
+    """The pid namespace of the first process `unshare --fork` made."""
+    return os.readlink(f"/proc/{first_child(unshare_pid, timeout_s)}/ns/pid")
 
 
 @contextmanager
