@@ -6,10 +6,12 @@ killed run leaves no process behind."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
 import time
+from collections import Counter
 from pathlib import Path
 
 import psutil
@@ -17,6 +19,7 @@ import pytest
 
 from tests.multinode import Rig
 from tests.test_multinode_data import data_config, s3ft
+from tests.test_multinode_run import SAMPLE, run_config
 
 pytestmark = pytest.mark.slow
 
@@ -87,3 +90,63 @@ def test_a_killed_run_leaves_no_process_on_any_node(multinode_rig: Rig, tmp_path
         time.sleep(1)
     print(f"the killed run's processes were gone {time.monotonic() - killed:.0f} s after the kill")
     assert left == []
+
+
+def test_a_node_lost_during_training_fails_clearly_and_the_rerun_resumes(multinode_rig: Rig, tmp_path: Path,
+                                                                         tiny_model_dir: Path) -> None:
+    """Two ranks on the two worker nodes; rank 1's node killed outright after a checkpoint: `s3ft train`
+    ends within bounded time with the TrainingError naming the checkpoint; with the node back, the same
+    command resumes from that checkpoint's step and finishes, each step trained once and every row in
+    every epoch. (Stronger than killing one rank's process: its node, and everything on it, is gone.)"""
+    rig = multinode_rig
+    out = tmp_path / "node_lost"
+    (out / "data").mkdir(parents=True)
+    rows = [json.loads(line) for line in SAMPLE.read_text().splitlines()[:8]]
+    (out / "data" / "merged.jsonl").write_text("".join(
+        json.dumps({"id": f"r{i}", "messages": [{"role": "user", "content": r["question"]}], "target": r["answer"],
+                    "source": "gold"}) + "\n" for i, r in enumerate(rows)))
+    config = str(run_config(tmp_path, tiny_model_dir, out, max_steps=40, save_every=1))
+    proc = s3ft(rig, "train", config, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    lost = None
+    try:
+        deadline = time.monotonic() + 600
+        while not list((out / "checkpoints").glob("step_*/meta.json")):
+            assert proc.poll() is None and time.monotonic() < deadline, "training ended before its first checkpoint"
+            time.sleep(0.2)
+        ranks = {r["rank"]: r for r in json.loads((out / "logs" / "placement" / "train.json").read_text())}
+        lost = ranks[1]["hostname"]
+        assert ranks[0]["hostname"] != lost
+        killed = time.monotonic()
+        rig.kill_node(lost)
+        _, err = proc.communicate(timeout=600)
+        failed_after = time.monotonic() - killed
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        if lost is not None:
+            back = time.monotonic()
+            rig.restart_node(lost)
+            rejoined = time.monotonic() - back
+    assert proc.returncode == 2, err[-4000:]
+    message = re.search(r"s3ft train: error: training failed: .*", err)
+    assert message, err[-4000:]
+    resumable = re.search(r"resume from the checkpoint of step (\d+) \((\S+)\)", message[0])
+    assert resumable and Path(resumable[2]).is_dir(), message[0]
+    # Ours once Ray counts the node dead ("the node of rank 1, ADDRESS (HOST), is lost"), else gloo's peer error
+    assert ranks[1]["address"] in message[0], message[0]
+    assert not (out / "model").exists()
+
+    started = time.monotonic()
+    done = s3ft(rig, "train", config, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    output, _ = done.communicate(timeout=900)
+    resumed_in = time.monotonic() - started
+    print(f"rank 1's node ({lost}) killed after a checkpoint: TrainingError {failed_after:.1f} s later; node back "
+          f"in {rejoined:.0f} s; the same command resumed from step {resumable[1]} and finished in "
+          f"{resumed_in:.0f} s. The error:\n{message[0]}")
+    assert done.returncode == 0, output[-4000:]
+    assert f"40 steps from step {resumable[1]}," in output, output[-4000:]
+    assert (out / "model" / "config.json").is_file() and list((out / "model").glob("*.safetensors"))
+    steps = [json.loads(line) for line in (out / "logs" / "rows.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == list(range(1, 41))
+    seen = Counter(i for s in steps for i in s["ids"])
+    assert len(seen) == 8 and max(seen.values()) - min(seen.values()) <= 1  # whole epochs, the last maybe cut

@@ -60,10 +60,12 @@ def launch_torchrun(spec: WorkerSpec, cfg: TrainConfig) -> None:
 
 
 def launch_ray(spec: WorkerSpec, cfg: TrainConfig) -> None:
+    from ray.exceptions import RayError
     from ray.train import RunConfig, ScalingConfig, TrainingFailedError, WorkerGroupError
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from s3ft.runtime.cluster import require_ray
+    from s3ft.runtime.watchdog import watchdog
 
     require_ray()
     trainer = _trainer_class(TorchTrainer)(
@@ -75,12 +77,37 @@ def launch_ray(spec: WorkerSpec, cfg: TrainConfig) -> None:
         run_config=RunConfig(name="train", storage_path=str(Path(spec.run_dir) / "ray")),
     )
     try:
-        trainer.fit()
+        with watchdog("train"):  # ranks that Ray cannot place (a node gone, a cluster too small) are named
+            trainer.fit()
     except WorkerGroupError as exc:
-        ranks = ", ".join(f"rank {r}: {type(e).__name__}" for r, e in sorted(exc.worker_failures.items()))
-        raise training_failed(spec, f"training worker(s) failed ({ranks or exc})") from exc
+        ranks = ", ".join(f"rank {r}: {_cause(e)}" for r, e in sorted(exc.worker_failures.items()))
+        raise training_failed(spec, f"{_lost_nodes(spec)}training worker(s) failed ({ranks or exc})") from exc
     except TrainingFailedError as exc:
-        raise training_failed(spec, str(exc).splitlines()[0]) from exc
+        raise training_failed(spec, _lost_nodes(spec) + str(exc).splitlines()[0]) from exc
+    except RayError as exc:  # the controller itself lost, with the node the driver attached to
+        raise training_failed(spec, f"{_lost_nodes(spec)}Ray Train's controller was lost ({_cause(exc)})") from exc
+
+
+def _lost_nodes(spec: WorkerSpec) -> str:
+    """'the node of rank 1, 10.0.0.7 (gpu-7), is lost; ' for ranks (logs/placement/train.json) on nodes Ray
+    now counts dead. The other ranks then fail too, on a collective whose peer is gone: this says why."""
+    import ray
+    from ray.exceptions import RayError
+
+    try:
+        placed = json.loads((Path(spec.run_dir) / "logs" / "placement" / "train.json").read_text())
+        dead = {n["NodeID"] for n in ray.nodes() if not n["Alive"]}
+    except (OSError, ValueError, RayError):
+        return ""
+    lost = [f"the node of rank {r['rank']}, {r['address']} ({r['hostname']}), is lost; "
+            for r in sorted(placed, key=lambda r: r["rank"]) if r.get("node_id") in dead]
+    return "".join(lost)
+
+
+def _cause(exc: BaseException) -> str:
+    """The error's type and first line: 'ActorDiedError: The actor died because its node has died ...'."""
+    first = next((line for line in str(exc).splitlines() if line.strip()), "")
+    return f"{type(exc).__name__}: {first[:200]}" if first else type(exc).__name__
 
 
 def _trainer_class(base: type) -> type:
