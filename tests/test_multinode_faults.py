@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -95,9 +96,10 @@ def test_a_killed_run_leaves_no_process_on_any_node(multinode_rig: Rig, tmp_path
 def test_a_node_lost_during_training_fails_clearly_and_the_rerun_resumes(multinode_rig: Rig, tmp_path: Path,
                                                                          tiny_model_dir: Path) -> None:
     """Two ranks on the two worker nodes; rank 1's node killed outright after a checkpoint: `s3ft train`
-    ends within bounded time with the TrainingError naming the checkpoint; with the node back, the same
-    command resumes from that checkpoint's step and finishes, each step trained once and every row in
-    every epoch. (Stronger than killing one rank's process: its node, and everything on it, is gone.)"""
+    ends within bounded time with the TrainingError naming the checkpoint. The same command, run again
+    while the node is still away, says what it waits for; once the node is back it resumes from that
+    checkpoint's step and finishes, each step trained once and every row in every epoch. (Stronger than
+    killing one rank's process: its node, and everything on it, is gone.)"""
     rig = multinode_rig
     out = tmp_path / "node_lost"
     (out / "data").mkdir(parents=True)
@@ -107,7 +109,7 @@ def test_a_node_lost_during_training_fails_clearly_and_the_rerun_resumes(multino
                     "source": "gold"}) + "\n" for i, r in enumerate(rows)))
     config = str(run_config(tmp_path, tiny_model_dir, out, max_steps=40, save_every=1))
     proc = s3ft(rig, "train", config, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    lost = None
+    rerun, lost = None, None
     try:
         deadline = time.monotonic() + 600
         while not list((out / "checkpoints").glob("step_*/meta.json")):
@@ -120,33 +122,68 @@ def test_a_node_lost_during_training_fails_clearly_and_the_rerun_resumes(multino
         rig.kill_node(lost)
         _, err = proc.communicate(timeout=600)
         failed_after = time.monotonic() - killed
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        if lost is not None:
-            back = time.monotonic()
-            rig.restart_node(lost)
-            rejoined = time.monotonic() - back
-    assert proc.returncode == 2, err[-4000:]
-    message = re.search(r"s3ft train: error: training failed: .*", err)
-    assert message, err[-4000:]
-    resumable = re.search(r"resume from the checkpoint of step (\d+) \((\S+)\)", message[0])
-    assert resumable and Path(resumable[2]).is_dir(), message[0]
-    # Ours once Ray counts the node dead ("the node of rank 1, ADDRESS (HOST), is lost"), else gloo's peer error
-    assert ranks[1]["address"] in message[0], message[0]
-    assert not (out / "model").exists()
+        assert proc.returncode == 2, err[-4000:]
+        message = re.search(r"s3ft train: error: training failed: .*", err)
+        assert message, err[-4000:]
+        resumable = re.search(r"resume from the checkpoint of step (\d+) \((\S+)\)", message[0])
+        assert resumable and Path(resumable[2]).is_dir(), message[0]
+        # Ours once Ray counts the node dead ("the node of rank 1, ADDRESS (HOST), is lost"), else gloo's peer error
+        assert ranks[1]["address"] in message[0], message[0]
+        assert not (out / "model").exists()
 
-    started = time.monotonic()
-    done = s3ft(rig, "train", config, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    output, _ = done.communicate(timeout=900)
-    resumed_in = time.monotonic() - started
-    print(f"rank 1's node ({lost}) killed after a checkpoint: TrainingError {failed_after:.1f} s later; node back "
-          f"in {rejoined:.0f} s; the same command resumed from step {resumable[1]} and finished in "
-          f"{resumed_in:.0f} s. The error:\n{message[0]}")
-    assert done.returncode == 0, output[-4000:]
-    assert f"40 steps from step {resumable[1]}," in output, output[-4000:]
+        started = time.monotonic()
+        rerun = s3ft(rig, "train", config, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        output = Lines(rerun)
+        waiting = output.wait_for("train: nothing finished for", timeout_s=180)
+        said_after = time.monotonic() - started
+        back = time.monotonic()
+        rig.restart_node(lost)
+        rejoined, lost = time.monotonic() - back, None
+        rerun.wait(timeout=900)
+        resumed_in = time.monotonic() - back
+    finally:
+        for p in (proc, rerun):
+            if p is not None and p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+        if lost is not None:
+            rig.restart_node(lost)
+    print(f"rank 1's node ({ranks[1]['hostname']}) killed after a checkpoint: TrainingError {failed_after:.1f} s "
+          f"later. The same command run again said what it waits for {said_after:.0f} s later; the node back in "
+          f"{rejoined:.0f} s, it resumed from step {resumable[1]} and finished {resumed_in:.0f} s after the node "
+          f"was restarted.\nThe error: {message[0]}\nThe wait: {waiting}")
+    assert "Ray cannot place a placement group" in waiting, waiting
+    assert rerun.returncode == 0, output.text()[-4000:]
+    assert f"40 steps from step {resumable[1]}," in output.text(), output.text()[-4000:]
     assert (out / "model" / "config.json").is_file() and list((out / "model").glob("*.safetensors"))
     steps = [json.loads(line) for line in (out / "logs" / "rows.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps] == list(range(1, 41))
     seen = Counter(i for s in steps for i in s["ids"])
     assert len(seen) == 8 and max(seen.values()) - min(seen.values()) <= 1  # whole epochs, the last maybe cut
+
+
+class Lines:
+    """A process's output, read by a thread, so a test can wait for a line with a deadline."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self._lines: list[str] = []
+        assert proc.stdout is not None
+        self._proc = proc
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        for line in self._proc.stdout or ():
+            self._lines.append(line)
+
+    def wait_for(self, text: str, timeout_s: float) -> str:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            found = next((line for line in list(self._lines) if text in line), None)
+            if found is not None:
+                return found.strip()
+            assert self._proc.poll() is None and time.monotonic() < deadline, f"no '{text}':\n{self.text()[-4000:]}"
+            time.sleep(0.5)
+
+    def text(self) -> str:
+        self._thread.join(timeout=30 if self._proc.poll() is not None else 0)
+        return "".join(self._lines)
