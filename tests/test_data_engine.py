@@ -154,7 +154,7 @@ def test_killed_mid_generation_leaves_no_process_and_resumes_without_redoing_sha
         while not list(out.glob("stages/generate-*/shard-*.jsonl")):
             assert proc.poll() is None and time.time() < deadline, "s3ft data ended before writing a shard"
             time.sleep(0.05)
-        assert host.processes("VLLM::EngineCore", "_EngineActor")  # the engine runs now
+        assert host.processes("_EngineActor")  # the engine runs now
         # `ray stop --force` SIGKILLs the engine actor's process; when that lands before Ray has cleaned up
         # after the dead driver (the user's case, a matter of timing) nothing else stops the engine core.
         # Here the cluster is frozen first and the actor killed as `ray stop --force` kills it, so the
