@@ -266,18 +266,23 @@ def namespace_pids(namespace: str) -> set[int]:
     return found
 
 
-def _child_namespace(unshare_pid: int, timeout_s: float = 10.0) -> str:
-    """The pid namespace of the first process `unshare --fork` made."""
+def first_child(unshare_pid: int, timeout_s: float = 10.0) -> int:
+    """The first process `unshare --fork` made: pid 1 of its namespace."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
             children = Path(f"/proc/{unshare_pid}/task/{unshare_pid}/children").read_text().split()
             if children:
-                return os.readlink(f"/proc/{children[0]}/ns/pid")
+                return int(children[0])
         except OSError:
             pass
         time.sleep(0.05)
-    raise RuntimeError(f"unshare (pid {unshare_pid}) made no node process in {timeout_s:.0f} s")
+    raise RuntimeError(f"unshare (pid {unshare_pid}) made no process in {timeout_s:.0f} s")
+
+
+def _child_namespace(unshare_pid: int, timeout_s: float = 10.0) -> str:
+    """The pid namespace of the first process `unshare --fork` made."""
+    return os.readlink(f"/proc/{first_child(unshare_pid, timeout_s)}/ns/pid")
 
 
 @contextmanager

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from s3ft.config import load_config
@@ -151,30 +152,56 @@ def test_streamed_and_staged_runs_write_the_same_rows_stores_and_manifests(
     assert len(stores(out)) == 5  # load, generate, judge, paraphrase, judge_paraphrase
 
 
-def test_killed_mid_stream_resumes_without_redoing_shards(
+def test_killed_mid_stream_leaves_no_process_and_resumes_without_redoing_shards(
     engine_workspace: Path, clean_run: tuple[Path, dict], tmp_path: Path
 ) -> None:
-    """SIGKILL the CLI once a shard has been judged while others are still to generate; the re-run
-    keeps every shard on disk and matches a clean run."""
+    """As a user did it (issue 12): `s3ft data` on a local Ray cluster of its own, SIGKILLed once a shard
+    has been judged while others are still to generate, then `ray stop --force`. No process of the run
+    survives (vLLM's engine core and its workers included, which lived on reparented to init); the re-run
+    keeps every shard on disk and matches a clean run, stores and manifests included."""
     import ray
 
+    from tests.machine import machine
+    from tests.multinode import missing_requirements
+
+    if reason := missing_requirements():
+        pytest.skip(reason)
     out = tmp_path / "killed"
     # One shard per engine at a time, so that the kill finds the stream half way.
     config = config_file(engine_workspace, out, generation__shard_size=1, generation__shards_in_flight=1)
-    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     cmd = [sys.executable, "-m", "s3ft.cli", "data", str(config)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 300
-    while not list(out.glob("stages/judge-*/shard-*.jsonl")):
-        assert proc.poll() is None and time.time() < deadline, "s3ft data ended before judging a shard"
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    kept = {p: p.stat().st_mtime_ns for p in out.glob("stages/*/shard-*.jsonl") if "load-" not in str(p)}
+    local = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    with machine() as host:
+        proc = host.popen(cmd, env=local, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 300
+        while not list(out.glob("stages/judge-*/shard-*.jsonl")):
+            assert proc.poll() is None and time.time() < deadline, "s3ft data ended before judging a shard"
+            time.sleep(0.05)
+        assert host.processes("_EngineActor")  # the engine runs now
+        # `ray stop --force` SIGKILLs the engine actor's process; when that lands before Ray has cleaned up
+        # after the dead driver (the user's case, a matter of timing) nothing else stops the engine core.
+        # Here the cluster is frozen first and the actor killed as `ray stop --force` kills it, so the
+        # test does not depend on timing.
+        for pid in host.pids("raylet", "gcs_server"):
+            os.kill(pid, signal.SIGSTOP)
+        driver = next(p for p in psutil.Process(proc.pid).children() if "s3ft.cli" in " ".join(p.cmdline()))
+        driver.kill()
+        proc.wait()
+        for pid in host.pids("ray::_EngineActor"):
+            os.kill(pid, signal.SIGKILL)
+        killed = time.monotonic()
+        kept = {p: p.stat().st_mtime_ns for p in out.glob("stages/*/shard-*.jsonl") if "load-" not in str(p)}
+        host.popen([str(Path(sys.executable).parent / "ray"), "stop", "--force"], env=local,
+                   stdout=subprocess.DEVNULL).wait(timeout=120)
+        while (left := host.processes()) and time.monotonic() - killed < 60:
+            time.sleep(0.5)
+        print(f"killed run: every process gone {time.monotonic() - killed:.1f} s after the kill")
+        assert left == [], "processes of the killed run survived `ray stop --force`:\n" + "\n".join(left)
     generated = [p for p in kept if "/generate-" in str(p)]
     assert 1 <= len(generated) < len(ROWS), "the kill came too late to test a resume"
     assert not list(out.glob("stages/generate-*/manifest.json"))
 
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=600)
     for path, mtime in kept.items():
         assert path.stat().st_mtime_ns == mtime, f"{path} was done again"
@@ -195,7 +222,7 @@ def test_the_smoke_config_runs_on_its_50_gsm8k_rows_and_builds_its_model(ray_ses
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "COLUMNS": "120"}
     cmd = [sys.executable, "-m", "s3ft.cli", "data", "configs/experiments/smoke.yaml",
            "--set", f"output_dir={tmp_path / 'smoke'}", "--set", f"model.path={tmp_path / 'tiny-llama'}"]
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(cmd, check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "tiny-llama" / "config.json").is_file()
     stats = json.loads((tmp_path / "smoke" / "data" / "stats.json").read_text())

@@ -11,10 +11,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 
-import psutil
 import pytest
 import yaml
 
@@ -109,39 +107,3 @@ def test_run_killed_during_training_resumes_from_its_checkpoint(tmp_path: Path, 
     trained = [json.loads(line)["step"] for line in (out / "logs" / "rows.jsonl").read_text().splitlines()]
     assert trained == list(range(1, 7))  # every step exactly once: resumed, nothing repeated or skipped
     assert steps_before  # it was killed after a checkpoint, so the re-run had one to resume from
-
-
-def test_a_killed_training_rank_fails_clearly_and_the_rerun_resumes(tmp_path: Path, tiny_model_dir: Path) -> None:
-    """One Ray Train worker SIGKILLed after a checkpoint: `s3ft run` exits 2 naming the failure and the
-    checkpoint; the same command again finishes, each step trained once and every row in every epoch."""
-    out = tmp_path / "rank_killed"
-    config = reduced_config(tmp_path, tiny_model_dir, out, max_steps=40, launcher="ray")
-    cmd = [sys.executable, "-m", "s3ft.cli", "run", str(config)]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        deadline = time.time() + 600
-        while not list((out / "checkpoints").glob("step_*/meta.json")):
-            assert proc.poll() is None and time.time() < deadline, "s3ft run ended before its first checkpoint"
-            time.sleep(0.2)
-        ranks = [p for p in psutil.Process(proc.pid).children(recursive=True)
-                 if any("RayTrainWorker" in part for part in p.cmdline())]
-        assert len(ranks) == 2, [p.cmdline() for p in ranks]
-        ranks[1].kill()
-        _, stderr = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 2, stderr[-3000:]
-    assert "s3ft run: error: training failed: training worker(s) failed (rank" in stderr
-    assert "run the same command again to resume from the checkpoint of step" in stderr
-    assert not (out / "model").exists()
-
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert_complete(out)
-    steps = [json.loads(line) for line in (out / "logs" / "rows.jsonl").read_text().splitlines()]
-    assert [s["step"] for s in steps] == list(range(1, 41))
-    seen = Counter(i for s in steps for i in s["ids"])
-    assert len(seen) == 8 and max(seen.values()) - min(seen.values()) <= 1  # whole epochs, the last maybe cut

@@ -7,6 +7,15 @@ So a private thread drives the `LLM`'s engine as `LLM.generate` itself does (`ad
 futures. vLLM's `AsyncLLM` would do the same, but its asyncio front end made generation ~15-20%
 slower than `LLM` on the benchmark (benchmarks/bench_generation.py).
 vLLM is imported here lazily: `import s3ft.generation` must work on machines without it.
+
+The engine core runs in this process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`), not as the child process
+vLLM starts by default: that child (`VLLM::EngineCore`, with its `VLLM::Worker`s) has no tie to our
+process but a socket, so when the Ray actor holding the engine was SIGKILLed (`ray stop --force`, an
+out-of-memory kill) it lived on, reparented to init, with its memory (on a GPU, the GPU's). In this
+process it dies with the actor, whatever kills it; the executor's own workers (CPU, or tensor-parallel
+`mp` workers) watch vLLM's death pipe to their parent, now this process, and the `ray` executor's workers
+are Ray actors that die with their owner. A parent-death signal (prctl) on the child would instead have
+to be set inside vLLM's spawned process, and fires when the thread that started it ends, not the process.
 """
 
 from __future__ import annotations
@@ -46,6 +55,7 @@ class VLLMBackend:
         from vllm import LLM
         from vllm.platforms import current_platform
 
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the engine core dies with this process (above)
         if current_platform.is_cpu():
             # The config is the one source of truth: vLLM's VLLM_CPU_KVCACHE_SPACE (whole GiB only)
             # would silently override an exact byte count.

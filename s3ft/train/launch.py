@@ -15,6 +15,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +26,9 @@ from s3ft.train.loop import run_worker
 from s3ft.train.spec import WorkerSpec
 
 RANK_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR")
+# How long a failed run asks Ray whether a rank's node is dead before it reports: only when a rank became
+# unreachable, and bounded, since Ray's health checks take ~30 s by default to declare a node dead.
+LOST_NODE_WAIT_S = 10.0
 
 
 def in_launched_rank() -> bool:
@@ -60,10 +64,12 @@ def launch_torchrun(spec: WorkerSpec, cfg: TrainConfig) -> None:
 
 
 def launch_ray(spec: WorkerSpec, cfg: TrainConfig) -> None:
+    from ray.exceptions import RayError
     from ray.train import RunConfig, ScalingConfig, TrainingFailedError, WorkerGroupError
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from s3ft.runtime.cluster import require_ray
+    from s3ft.runtime.watchdog import watchdog
 
     require_ray()
     trainer = _trainer_class(TorchTrainer)(
@@ -75,12 +81,51 @@ def launch_ray(spec: WorkerSpec, cfg: TrainConfig) -> None:
         run_config=RunConfig(name="train", storage_path=str(Path(spec.run_dir) / "ray")),
     )
     try:
-        trainer.fit()
+        with watchdog("train"):  # ranks that Ray cannot place (a node gone, a cluster too small) are named
+            trainer.fit()
     except WorkerGroupError as exc:
-        ranks = ", ".join(f"rank {r}: {type(e).__name__}" for r, e in sorted(exc.worker_failures.items()))
-        raise training_failed(spec, f"training worker(s) failed ({ranks or exc})") from exc
+        ranks = ", ".join(f"rank {r}: {_cause(e)}" for r, e in sorted(exc.worker_failures.items()))
+        unreachable = any(_unreachable(e) for e in exc.worker_failures.values())
+        lost = _lost_nodes(spec, wait_s=LOST_NODE_WAIT_S if unreachable else 0)
+        raise training_failed(spec, f"{lost}training worker(s) failed ({ranks or exc})") from exc
     except TrainingFailedError as exc:
-        raise training_failed(spec, str(exc).splitlines()[0]) from exc
+        raise training_failed(spec, _lost_nodes(spec) + str(exc).splitlines()[0]) from exc
+    except RayError as exc:  # the controller itself lost, with the node the driver attached to
+        raise training_failed(spec, f"{_lost_nodes(spec)}Ray Train's controller was lost ({_cause(exc)})") from exc
+
+
+def _lost_nodes(spec: WorkerSpec, wait_s: float = 0) -> str:
+    """'the node of rank 1, 10.0.0.7 (gpu-7), is lost; ' for ranks (logs/placement/train.json) on nodes Ray
+    counts dead, asking for up to `wait_s` (Ray marks a node dead once its health checks fail). The other
+    ranks fail too, on a collective whose peer is gone, with an error that does not say why."""
+    import ray
+    from ray.exceptions import RayError
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            placed = json.loads((Path(spec.run_dir) / "logs" / "placement" / "train.json").read_text())
+            dead = {n["NodeID"] for n in ray.nodes() if not n["Alive"]}
+        except (OSError, ValueError, RayError):
+            return ""
+        lost = [f"the node of rank {r['rank']}, {r['address']} ({r['hostname']}), is lost; "
+                for r in sorted(placed, key=lambda r: r["rank"]) if r.get("node_id") in dead]
+        if lost or time.monotonic() >= deadline:
+            return "".join(lost)
+        time.sleep(1)
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """A rank that Ray could no longer reach (its process or its node gone), not one that raised."""
+    from ray.exceptions import RayActorError
+
+    return isinstance(exc, RayActorError) or type(exc).__name__ == "WorkerHealthCheckFailedError"
+
+
+def _cause(exc: BaseException) -> str:
+    """The error's type and first line: 'ActorDiedError: The actor died because its node has died ...'."""
+    first = next((line for line in str(exc).splitlines() if line.strip()), "")
+    return f"{type(exc).__name__}: {first[:200]}" if first else type(exc).__name__
 
 
 def _trainer_class(base: type) -> type:
