@@ -155,8 +155,8 @@ def test_streamed_and_staged_runs_write_the_same_rows_stores_and_manifests(
 def test_killed_mid_stream_leaves_no_process_and_resumes_without_redoing_shards(
     engine_workspace: Path, clean_run: tuple[Path, dict], tmp_path: Path
 ) -> None:
-    """As a user did it (issue 12): `s3ft data` on a local Ray cluster of its own, SIGKILLed once a shard
-    has been judged while others are still to generate, then `ray stop --force`. No process of the run
+    """As a user did it (issue 12): `s3ft data` on a local Ray cluster of its own, SIGKILLed once the first
+    shard is generated, then `ray stop --force`. No process of the run
     survives (vLLM's engine core and its workers included, which lived on reparented to init); the re-run
     keeps every shard on disk and matches a clean run, stores and manifests included."""
     import ray
@@ -174,8 +174,8 @@ def test_killed_mid_stream_leaves_no_process_and_resumes_without_redoing_shards(
     with machine() as host:
         proc = host.popen(cmd, env=local, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 300
-        while not list(out.glob("stages/judge-*/shard-*.jsonl")):
-            assert proc.poll() is None and time.time() < deadline, "s3ft data ended before judging a shard"
+        while not list(out.glob("stages/generate-*/shard-*.jsonl")):
+            assert proc.poll() is None and time.time() < deadline, "s3ft data ended before generating a shard"
             time.sleep(0.05)
         assert host.processes("_EngineActor")  # the engine runs now
         # `ray stop --force` SIGKILLs the engine actor's process; when that lands before Ray has cleaned up
