@@ -39,7 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -324,13 +324,18 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"export RAY_ADDRESS={rig.dashboard}   # for launch/submit.sh, ray job/list/status\n"
               f"# GCS: {rig.gcs_address}; node logs under {rig.root}\n"
               f"# Ctrl-C here stops every node", flush=True)
-        try:
-            while all(n.alive for n in rig.nodes.values()):
-                time.sleep(1)
-            print("a node exited:\n" + rig.log_tail(), file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            return 0
+        return hold(lambda: all(n.alive for n in rig.nodes.values()), rig.log_tail)
+
+
+def hold(all_up: Callable[[], bool], log_tail: Callable[[], str]) -> int:
+    """Keep a rig started by hand up until Ctrl-C (0) or until a node goes down (1, with the logs)."""
+    try:
+        while all_up():
+            time.sleep(2)
+        print("a node went down:\n" + log_tail(), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
 
 
 if __name__ == "__main__":

@@ -265,13 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"sinfo -N; sbatch --nodes=2 ...\n"
               f"# node-local scratch on each node: {cluster.local_dir}; daemon logs under {cluster.root / 'log'}\n"
               f"# Ctrl-C here stops every node and job", flush=True)
-        try:
-            while all(state != "down" for state in cluster.node_states().values()):
-                time.sleep(2)
-            print("a node is down:\n" + cluster.log_tail(), file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            return 0
+        return multinode.hold(lambda: "down" not in cluster.node_states().values(), cluster.log_tail)
 
 
 if __name__ == "__main__":
