@@ -232,3 +232,33 @@ def test_on_a_ray_cluster_rows_go_out_as_ray_tasks(
     monkeypatch.setattr("s3ft.judges.code.ThreadPoolExecutor", no_local_pool)  # the driver's copy only
     verdicts = CodeJudge(timeout_s=20, num_workers=2).judge_batch(rows)
     assert [v.correct for v in verdicts] == [True] * 6 + [False] * 6, verdicts
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)  # without the lent CPUs the tasks would wait for ever
+def test_with_every_cpu_held_by_engines_the_programs_run_in_the_cpus_they_lend(
+    humaneval: list[dict[str, Any]], ray_session: None
+) -> None:
+    """Engines on 1-CPU nodes hold every CPU in their placement groups (issue 12): the code judge's
+    tasks go into those bundles instead of waiting for a CPU that is never free."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    from s3ft.runtime.lending import CpuSlot
+
+    rows = [{**p, "response": p["canonical_solution"]} for p in humaneval[:3]]
+    rows += [{**p, "response": "    return None\n"} for p in humaneval[:3]]
+    cpus = int(ray.available_resources().get("CPU", 0))
+    group = placement_group([{"CPU": 1}] * cpus, strategy="PACK")
+    ray.get(group.ready(), timeout=60)
+    try:
+        assert ray.available_resources().get("CPU", 0) < 1
+        judge = CodeJudge(timeout_s=20, num_workers=2)
+        judge.lend(lambda: [CpuSlot(PlacementGroupSchedulingStrategy(placement_group=group,
+                                                                     placement_group_bundle_index=i), 1)
+                            for i in range(cpus)])
+        verdicts = judge.judge_batch(rows)
+        assert [v.correct for v in verdicts] == [True] * 3 + [False] * 3, verdicts
+    finally:
+        remove_placement_group(group)

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 from s3ft.config.judges import JUDGE_OPTIONS
 from s3ft.errors import JudgeError
+from s3ft.runtime.lending import Lender
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,10 @@ class Judge:
 
     def close(self) -> None:
         """Release what the judge holds (engines, pools); called once its stage is done."""
+
+    def lend(self, lender: Lender | None) -> None:
+        """CPUs a judge that sends its own Ray tasks may use when no other CPU is free (the engines';
+        `s3ft.runtime.lending`). Judges without Ray tasks of their own ignore it."""
 
     def missing_fields(self, row: Mapping[str, Any]) -> Verdict | None:
         """An error verdict for a row that cannot be judged, never an exception for the batch."""

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from s3ft.judges.base import Judge, Verdict, register
+from s3ft.runtime.lending import Lender, borrow
 from s3ft.sandbox import CheckedRun, Limits, SandboxResult, run_checked
 
 log = logging.getLogger(__name__)
@@ -251,6 +252,10 @@ class CodeJudge(Judge):
     def __init__(self, timeout_s: float = 10.0, memory_mb: int = 1024, num_workers: int = 0) -> None:
         self.timeout_s, self.memory_mb = float(timeout_s), int(memory_mb)
         self.num_workers = int(num_workers) or usable_cpus()
+        self._lender: Lender | None = None
+
+    def lend(self, lender: Lender | None) -> None:
+        self._lender = lender
 
     def missing_fields(self, row: Mapping[str, Any]) -> Verdict | None:
         if (verdict := super().missing_fields(row)) is not None or row.get("test_list") is not None:
@@ -278,9 +283,11 @@ class CodeJudge(Judge):
         ray = sys.modules.get("ray")  # never imported here: a cluster is up only where ray already is
         if ray is None or not ray.is_initialized() or len(programs) <= 1:
             return judge_programs(programs, self.timeout_s, self.memory_mb, self.num_workers)
-        tasks = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
-        size = math.ceil(len(programs) / tasks)
+        slots = borrow(self._lender)  # engines hold every CPU: run in theirs, or wait for ever
+        cpus = sum(int(s.cpus) for s in slots) if slots else int(ray.cluster_resources().get("CPU", 1))
+        size = math.ceil(len(programs) / (2 * max(1, cpus)))
         remote = ray.remote(num_cpus=1)(judge_programs)
         chunks = [programs[i : i + size] for i in range(0, len(programs), size)]
-        refs = [remote.remote(chunk, self.timeout_s, self.memory_mb, 1) for chunk in chunks]
+        refs = [(remote.options(scheduling_strategy=slots[n % len(slots)].strategy) if slots else remote)
+                .remote(chunk, self.timeout_s, self.memory_mb, 1) for n, chunk in enumerate(chunks)]
         return [v for chunk in ray.get(refs) for v in chunk]

@@ -53,6 +53,7 @@ class JudgeInto:
     def _get_judge(self) -> Judge:
         if self._judge is None:
             self._judge = judge_from_config(self.cfg)
+            self._judge.lend(self.lender)
         return self._judge
 
     def _on_ray(self) -> bool:
