@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from s3ft.judges.base import Judge, Verdict, register
-from s3ft.runtime.lending import Lender, borrow
+from s3ft.runtime import lending
+from s3ft.runtime.lending import Lender
 from s3ft.sandbox import CheckedRun, Limits, SandboxResult, run_checked
 
 log = logging.getLogger(__name__)
@@ -283,11 +284,10 @@ class CodeJudge(Judge):
         ray = sys.modules.get("ray")  # never imported here: a cluster is up only where ray already is
         if ray is None or not ray.is_initialized() or len(programs) <= 1:
             return judge_programs(programs, self.timeout_s, self.memory_mb, self.num_workers)
-        slots = borrow(self._lender)  # engines hold every CPU: run in theirs, or wait for ever
-        cpus = sum(int(s.cpus) for s in slots) if slots else int(ray.cluster_resources().get("CPU", 1))
-        size = math.ceil(len(programs) / (2 * max(1, cpus)))
+        slots = lending.borrow(self._lender)  # engines hold every CPU: run in theirs, or wait for ever
+        size = math.ceil(len(programs) / (2 * max(1, lending.cpus(slots))))
         remote = ray.remote(num_cpus=1)(judge_programs)
         chunks = [programs[i : i + size] for i in range(0, len(programs), size)]
-        refs = [(remote.options(scheduling_strategy=slots[n % len(slots)].strategy) if slots else remote)
-                .remote(chunk, self.timeout_s, self.memory_mb, 1) for n, chunk in enumerate(chunks)]
+        refs = [lending.into(remote, slots, n).remote(chunk, self.timeout_s, self.memory_mb, 1)
+                for n, chunk in enumerate(chunks)]
         return [v for chunk in ray.get(refs) for v in chunk]

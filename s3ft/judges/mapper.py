@@ -19,7 +19,7 @@ from typing import Any, Self
 from s3ft.config import JudgeConfig
 from s3ft.judges.base import Judge
 from s3ft.judges.run import judge_from_config, judge_rows, verdict_dict
-from s3ft.runtime.lending import CpuSlot, Lender, borrow, lends
+from s3ft.runtime.lending import CpuSlot, Lender, borrow, cpus, into, lends
 
 log = logging.getLogger(__name__)
 TASK_ATTEMPTS = 3
@@ -66,11 +66,7 @@ class JudgeInto:
         loop = asyncio.get_running_loop()
         if self._slots is None or self._slots[0] is not loop:
             if self._on_ray():
-                import ray
-
-                borrowed = borrow(self.lender)
-                cpus = sum(int(s.cpus) for s in borrowed) if borrowed else int(ray.cluster_resources().get("CPU", 1))
-                count = 2 * (self.cfg.num_workers or max(1, cpus))
+                count = 2 * (self.cfg.num_workers or max(1, cpus(borrow(self.lender))))
             else:
                 count = self._get_judge().batches_at_once
             self._slots = (loop, asyncio.Semaphore(count))
@@ -106,9 +102,8 @@ class JudgeInto:
             attempts += 1
             slots = borrow(self.lender)  # asked each time: the engines lending them may change
             slot = slots[self._sent % len(slots)] if slots else None
+            ref = into(self._remote, slots, self._sent).remote(self.cfg, requests)
             self._sent += 1
-            task = self._remote.options(scheduling_strategy=slot.strategy) if slot else self._remote
-            ref = task.remote(self.cfg, requests)
             try:
                 return await self._result(ref, slot)
             except RayTaskError:

@@ -34,6 +34,18 @@ def _bundle(slot: CpuSlot) -> tuple[Any, int]:
     return slot.strategy.placement_group.id, slot.strategy.placement_group_bundle_index
 
 
+def cpus(slots: list[CpuSlot]) -> int:
+    """The CPUs to size parallel work by: the slots', or (none borrowed) the whole cluster's."""
+    import ray
+
+    return sum(int(s.cpus) for s in slots) if slots else int(ray.cluster_resources().get("CPU", 1))
+
+
+def into(remote: Any, slots: list[CpuSlot], n: int) -> Any:
+    """The `n`-th task of `remote` (a Ray remote function), round robin over the slots if any."""
+    return remote.options(scheduling_strategy=slots[n % len(slots)].strategy) if slots else remote
+
+
 def borrow(lender: Lender | None) -> list[CpuSlot]:
     """The slots to run CPU tasks in, or [] when the cluster has a CPU free outside placement groups."""
     import ray
