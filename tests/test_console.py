@@ -70,6 +70,7 @@ def test_console_is_quiet_and_verbose_brings_everything_back(tmp_path: Path, tin
     log = (out / "logs" / "s3ft.log").read_text()
     assert shown.count(f"logs go to {out / 'logs' / 's3ft.log'}") == 3  # once per command
     assert "model written to" in shown and "evaluation of quiet_run" in shown
+    assert len(re.findall(r"^train: \d+ rows", shown, re.M)) == 1  # Ray Train's print patch doubled it
     assert not [line for line in shown.splitlines() if WORKER_LINE.match(line)]  # no engine/worker chatter
     assert "Started a local Ray instance" not in shown and "Started a local Ray instance" in log
     assert re.search(r"\(_EngineActor pid=\d+\)", log)  # the engine's output went to the file

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from s3ft.config import load_config
 from s3ft.demo.report import demo_notes
 from s3ft.demo.tasks import Addition, demo_files, make_splits
 from s3ft.judges.math import MathJudge
@@ -27,6 +28,28 @@ def test_shipped_files_are_the_generators_output() -> None:
     """configs/data/demo/ and the lm-eval task's JSONL are `python -m s3ft.demo.tasks` of seed 0."""
     for path, content in demo_files(0).items():
         assert path.read_text() == content, f"{path} is stale: run python -m s3ft.demo.tasks"
+
+
+def test_shipped_base_model_is_todays_recipe(tmp_path: Path) -> None:
+    """s3ft/demo/base_model is what `build_demo_model` makes with today's defaults: a changed recipe,
+    tokenizer or architecture fails here until the model is built again and shipped."""
+    from dataclasses import asdict
+
+    from s3ft.demo.pretrain import PretrainSettings
+    from s3ft.models.tiny import build_tiny_model
+
+    shipped = REPO / "s3ft" / "demo" / "base_model"
+    assert json.loads((shipped / "pretrain.json").read_text())["settings"] == asdict(PretrainSettings())
+    fresh = build_tiny_model(tmp_path / "fresh", seed=PretrainSettings().seed)
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        assert json.loads(_json_or_text(shipped / name)) == json.loads(_json_or_text(fresh / name)), name
+    config = load_config(REPO / "configs" / "experiments" / "demo.yaml")
+    assert (REPO / config.model.path).resolve() == shipped.resolve()
+
+
+def _json_or_text(path: Path) -> str:
+    text = path.read_text()
+    return text if path.suffix == ".json" else json.dumps(text)
 
 
 def test_math_judge_reads_both_styles() -> None:
