@@ -4,7 +4,7 @@ Pretrains the base model if it is missing, then runs `s3ft sweep configs/experim
 a small learning-rate grid for the three strategies (one seed): every run shares the data stages,
 the base model is evaluated once, and each strategy is compared at the learning rate its validation
 split (carved from the training set) chose. `--full` runs the whole grid with three seeds, for the
-trade-off plot with error bars. The demo's notes (standard errors, chosen rates, base model, time)
+trade-off plot with error bars, in the same sweep directory (the demo's six runs are reused). The demo's notes (standard errors, chosen rates, base model, time)
 go under the sweep's report.
 """
 
@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m s3ft.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, default=DEMO_CONFIG, help="The demo's experiment YAML.")
     parser.add_argument("--runs", type=Path, default=Path("runs"),
-                        help="Where the sweep goes: RUNS/demo (RUNS/demo_full with --full).")
+                        help="Where the sweep goes: RUNS/demo. --full extends the same sweep: the runs the demo "
+                        "made are not run again.")
     parser.add_argument("--full", action="store_true",
                         help=f"The whole grid (lr {', '.join(FULL_LRS)}) with seeds 0 1 2: the trade-off plot with "
                         "error bars (about an hour on 2 cores).")
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         build_demo_model(base, PretrainSettings(steps=args.pretrain_steps))
     lrs = args.lrs or (FULL_LRS if args.full else LRS)
     seeds = args.seeds or (list(FULL_SEEDS) if args.full else [0])
-    root = args.runs / ("demo_full" if args.full else "demo")
+    root = args.runs / "demo"  # a grid point run before (the demo's, for --full) is done: the sweep skips it
     sets = [*args.overrides, f"output_dir={root}"]
     print(f"demo: s3ft sweep: lr {', '.join(lrs)} × {', '.join(STRATEGIES)}, seeds {' '.join(map(str, seeds))} "
           f"→ {root}", flush=True)
