@@ -20,6 +20,7 @@ from s3ft.config import GenerationConfig, ModelConfig
 from s3ft.errors import ModelError
 from s3ft.generation import BACKENDS, Sampling
 from s3ft.generation.hf_backend import cut_at_stop
+from s3ft.generation.keeper import EngineKeeper
 from s3ft.generation.ray_pool import SHARDS_WITHOUT_LIMITS, GenerationPool
 
 Pairs = list[tuple[str, str]]
@@ -239,6 +240,33 @@ def test_shutdown_hands_back_cpus_and_stops_engine_processes(ray_session: None, 
     pool.shutdown()
     assert wait_for(lambda: cpus_free() == before), (before, cpus_free())
     assert wait_for(lambda: not alive(actor))
+
+
+@pytest.mark.slow
+def test_kept_engine_loads_each_checkpoint_in_turn_and_holds_no_cpu(
+    ray_session: None, tiny_model_dir: Path, memorized_model_dir: Path, memorized_pairs: Pairs, tmp_path: Path
+) -> None:
+    """A sweep's evaluations: one engine, each checkpoint loaded into it (answers as a fresh engine's,
+    nothing left of the last weights' cache); another architecture gets a fresh engine."""
+    from s3ft.models.tiny import build_tiny_model
+
+    gen = GenerationConfig(backend="vllm", cpu_kvcache_gib=0.25, enforce_eager=True)
+    random_init, memorized = (ModelConfig(path=str(p), max_model_len=256) for p in (tiny_model_dir, memorized_model_dir))
+    expected = [[a] for _, a in memorized_pairs]
+    before = cpus_free()
+    with EngineKeeper() as keeper:
+        assert keeper.pool(random_init, GenerationConfig(backend="hf")) is None  # vLLM only
+        pool = keeper.pool(random_init, gen)
+        assert pool is not None and cpus_free() == before  # training between evaluations has every CPU
+        first = run_pool(pool, memorized_pairs, GREEDY)
+        assert first != expected
+        assert keeper.pool(memorized, gen) is pool and keeper.loads == 1
+        assert run_pool(pool, memorized_pairs, GREEDY) == expected
+        assert keeper.pool(random_init, gen) is pool and run_pool(pool, memorized_pairs, GREEDY) == first
+        wider = ModelConfig(path=str(build_tiny_model(tmp_path / "wider", hidden_size=256)), max_model_len=256)
+        assert keeper.pool(wider, gen) is not pool and keeper.started == 2
+        assert pool.actors == []  # the engine of the other architecture replaced it
+    assert wait_for(lambda: cpus_free() == before)
 
 
 @pytest.mark.slow

@@ -51,9 +51,11 @@ class EvalSet:
     output: Path  # per-row outputs
 
 
-def evaluate_in_domain(cfg: Config, label: str, model_path: str, cache: Path | None = None) -> dict[str, dict[str, Any]]:
+def evaluate_in_domain(cfg: Config, label: str, model_path: str, cache: Path | None = None,
+                       keeper: Any = None) -> dict[str, dict[str, Any]]:
     """Accuracy of the model at `model_path` on each in-domain set the run has: `test` (eval.data_path) and
-    `validation` (data/validation.jsonl, carved from the training set), all through one engine pool.
+    `validation` (data/validation.jsonl, carved from the training set), all through one engine pool
+    (the `keeper`'s, generation/keeper.py, where it keeps engines between evaluations).
 
     Per-row outputs go to eval/in_domain_LABEL.jsonl and eval/validation_LABEL.jsonl. With `cache`, the
     scores and outputs are computed once per (model files, sets, settings) and copied from there."""
@@ -79,7 +81,8 @@ def evaluate_in_domain(cfg: Config, label: str, model_path: str, cache: Path | N
 
     def compute() -> dict[str, dict[str, Any]]:
         with contextlib.ExitStack() as stack:
-            pool = lazy_pool(stack, cfg.model.model_copy(update={"path": model_path}), gen, (run_dir, f"eval-{label}"))
+            pool = lazy_pool(stack, cfg.model.model_copy(update={"path": model_path}), gen, (run_dir, f"eval-{label}"),
+                             keeper)
             for name, (generated, scored) in judged.items():
                 run_steps(sets[name].loaded, [
                     Step(f"eval {label} ({name}): generate", generated,

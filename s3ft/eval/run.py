@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from s3ft.config import Config, stage_key
 from s3ft.eval.base_cache import cache_dir, cached
@@ -18,7 +19,8 @@ from s3ft.runtime.shards import file_digest
 log = logging.getLogger(__name__)
 
 
-def run_eval(cfg: Config) -> Results:
+def run_eval(cfg: Config, keeper: Any = None) -> Results:
+    """`keeper`: an EngineKeeper whose engines evaluate in turn the checkpoints of many runs (a sweep)."""
     run_dir = Path(cfg.output_dir)
     path = results_path(run_dir)
     base = resolve_model(cfg.model)
@@ -34,7 +36,7 @@ def run_eval(cfg: Config) -> Results:
     if cfg.eval.data_path or (run_dir / "data" / "validation.jsonl").is_file():
         name = eval_name(cfg)
         for label in labels:
-            scored = evaluate_in_domain(cfg, label, models[label], cache if label == "base" else None)
+            scored = evaluate_in_domain(cfg, label, models[label], cache if label == "base" else None, keeper)
             for split, score in scored.items():
                 log.info("%s accuracy of the %s model: %.4f on %d rows", split, label, score["accuracy"], score["n"])
                 section = {"task": cfg.data.task, "name": name if split == "test" else f"{name} (validation)",

@@ -20,18 +20,20 @@ Rows = list[dict[str, Any]]
 
 class LazyPool:
     """Engines start only when a step has work left: a finished run re-run starts none.
-    `pool()` starts them (once); `pool.cpu_slots()` lends their CPUs to the judges, none before they start."""
+    `pool()` starts them (once), or takes the keeper's; `pool.cpu_slots()` lends their CPUs to the judges,
+    none before they start."""
 
     def __init__(self, stack: contextlib.ExitStack, model: ModelConfig, gen: GenerationConfig,
-                 record: tuple[Path, str] | None = None) -> None:
-        self._stack, self._model, self._gen, self._record = stack, model, gen, record
+                 record: tuple[Path, str] | None = None, keeper: Any = None) -> None:
+        self._stack, self._model, self._gen, self._record, self._keeper = stack, model, gen, record, keeper
         self._pool: Any = None
 
     def __call__(self) -> Any:
         if self._pool is None:
             from s3ft.generation.ray_pool import GenerationPool
 
-            self._pool = self._stack.enter_context(GenerationPool(self._model, self._gen))
+            kept = self._keeper.pool(self._model, self._gen) if self._keeper is not None else None
+            self._pool = kept or self._stack.enter_context(GenerationPool(self._model, self._gen))
             if self._record:
                 placement.record(*self._record, self._pool.placement)
         return self._pool
@@ -41,9 +43,10 @@ class LazyPool:
 
 
 def lazy_pool(stack: contextlib.ExitStack, model: ModelConfig, gen: GenerationConfig,
-              record: tuple[Path, str] | None = None) -> LazyPool:
-    """`record`: (run_dir, role) to write where the engines run to run_dir/logs/placement/ROLE.json."""
-    return LazyPool(stack, model, gen, record)
+              record: tuple[Path, str] | None = None, keeper: Any = None) -> LazyPool:
+    """`record`: (run_dir, role) to write where the engines run to run_dir/logs/placement/ROLE.json;
+    `keeper`: an EngineKeeper (generation/keeper.py) whose engines to use where it keeps them."""
+    return LazyPool(stack, model, gen, record, keeper)
 
 
 class GenerateInto:

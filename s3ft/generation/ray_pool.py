@@ -81,6 +81,10 @@ class _EngineActor:
             return await asyncio.to_thread(self._backend.generate, prompts, sampling)
         return [await asyncio.wrap_future(f) for f in submit(prompts, sampling)]
 
+    async def load(self, model_path: str) -> None:
+        self.ready()
+        await asyncio.to_thread(self._backend.load, model_path)
+
     def where(self) -> dict[str, Any]:
         from s3ft.runtime.placement import here
 
@@ -90,6 +94,10 @@ class _EngineActor:
         close = getattr(self._backend, "close", None)
         if close is not None:
             close()
+
+
+def engines_on_gpu(gen: GenerationConfig) -> bool:
+    return gen.device == "cuda" or (gen.device == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
 
 
 def engine_bundles(gen: GenerationConfig, on_gpu: bool) -> list[dict[str, float]]:
@@ -103,7 +111,7 @@ def engine_bundles(gen: GenerationConfig, on_gpu: bool) -> list[dict[str, float]
 @dataclass(eq=False)
 class _Engine:
     actor: Any  # ActorHandle
-    group: PlacementGroup
+    group: PlacementGroup | None  # None: the engine reserves nothing (`reserve=False`)
     limits: EngineLimits | None = None  # reported once started; None: no continuous batch (hf)
     sequences: int = 0  # sequences it holds now
     shards: int = 0  # shards it holds now
@@ -127,15 +135,20 @@ class GenerationPool:
         *,
         backend_options: Mapping[str, Any] | None = None,
         shards_in_flight: int | None = None,
+        reserve: bool = True,
     ) -> None:
         """`backend_options` go to the backend on top of what the config sets (e.g. vLLM's
         `enforce_eager=True`: no graph compilation, so a faster start for short jobs and tests).
-        `shards_in_flight` per engine overrides the engine's own limits (and `gen.shards_in_flight`)."""
+        `shards_in_flight` per engine overrides the engine's own limits (and `gen.shards_in_flight`).
+        `reserve=False` (CPU engines only): the engines hold no placement group, so that they can stay
+        started, idle, while other work (training) has every CPU; they lend no CPU to the judges."""
         require_ray()
-        self.model, self.gen = model, gen
+        self.model, self.gen, self.reserve = model, gen, reserve
         self._extra_options = dict(backend_options or {})
         self.shards_in_flight = shards_in_flight or gen.shards_in_flight
-        self.on_gpu = gen.device == "cuda" or (gen.device == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
+        self.on_gpu = engines_on_gpu(gen)
+        if self.on_gpu and not reserve:
+            raise ValueError("engines on GPUs must reserve them (reserve=True)")
         self.restarts = 0
         self._launched = 0
         self._pool_tag = uuid.uuid4().hex[:6]  # placement-group names are cluster-wide: pools must not collide
@@ -161,7 +174,8 @@ class GenerationPool:
         """The engines' CPUs, for CPU tasks to run in while the engines are idle (one slot per bundle)."""
         return [CpuSlot(PlacementGroupSchedulingStrategy(placement_group=e.group, placement_group_bundle_index=i),
                         bundle["CPU"])
-                for e in self._engines for i, bundle in enumerate(self._bundles()) if bundle.get("CPU")]
+                for e in self._engines if e.group is not None
+                for i, bundle in enumerate(self._bundles()) if bundle.get("CPU")]
 
     @property
     def actors(self) -> list[Any]:
@@ -209,8 +223,21 @@ class GenerationPool:
         threads = str(self.gen.cpus_per_engine)
         return quiet | {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": threads}
 
+    def load(self, model_path: str) -> None:
+        """Load another checkpoint of the same architecture and tokenizer into every engine (vLLM only),
+        between generations; replacements start from it too."""
+        refs = [e.actor.load.remote(model_path) for e in self._engines]
+        try:
+            ray.get(refs)
+        except RayTaskError as exc:
+            raise (exc.cause if isinstance(exc.cause, S3FTError) else exc) from None
+        self.model = self.model.model_copy(update={"path": model_path})
+
     def _launch(self) -> _Engine:
         self._launched += 1
+        if not self.reserve:
+            return _Engine(_EngineActor.options(num_cpus=0).remote(
+                self.gen.backend, self._backend_options(), self._env()), None)
         group = placement_group(self._bundles(), strategy="STRICT_PACK",
                                 name=f"s3ft engine {self._launched} (pool {self._pool_tag})")
         holds_gpu = self.on_gpu and self.gen.tensor_parallel_size == 1
@@ -224,7 +251,7 @@ class GenerationPool:
         return _Engine(actor, group)
 
     def _wait_ready(self) -> None:
-        groups = [e.group.ready() for e in self._engines]
+        groups = [e.group.ready() for e in self._engines if e.group is not None]
         _, waiting = ray.wait(groups, num_returns=len(groups), timeout=PLACEMENT_TIMEOUT_S)
         if waiting:
             raise ConfigError(
@@ -244,7 +271,8 @@ class GenerationPool:
 
     def _retire(self, engine: _Engine) -> None:
         ray.kill(engine.actor, no_restart=True)
-        remove_placement_group(engine.group)
+        if engine.group is not None:
+            remove_placement_group(engine.group)
 
     def _replace(self, dead: _Engine) -> None:
         """Retire a dead engine and start a fresh one. The fresh one takes work only once it is placed and

@@ -33,6 +33,7 @@ from s3ft.errors import ModelError
 from s3ft.generation.base import BACKENDS, EngineLimits, Sampling
 
 _STOP = object()  # tells the engine thread to end
+_LOAD = object()  # tells the engine thread to load other weights
 
 
 class VLLMBackend:
@@ -109,6 +110,16 @@ class VLLMBackend:
             self._incoming.put(({"prompt_token_ids": ids}, params, futures[-1]))
         return futures
 
+    def load(self, model_path: str | Path) -> None:
+        """Load another checkpoint of the same architecture and tokenizer into the running engine (vLLM's
+        in-place `reload_weights`, ~20 ms for the demo's model against seconds for a fresh engine), between
+        generations: the engine thread does it once every request taken before has ended."""
+        if self._failure is not None:
+            raise RuntimeError("the vLLM engine failed earlier") from self._failure
+        done: Future[None] = Future()
+        self._incoming.put((_LOAD, str(model_path), done))
+        done.result()
+
     def limits(self) -> EngineLimits:
         """What the started engine can run at once: its scheduler's sequence limit and its KV cache."""
         config = self._llm.llm_engine.vllm_config
@@ -116,24 +127,34 @@ class VLLMBackend:
         return EngineLimits(config.scheduler_config.max_num_seqs, (cache.num_gpu_blocks or 0) * cache.block_size)
 
     def _serve(self) -> None:
-        """The engine loop: take in new requests between steps, resolve each future when its request ends."""
+        """The engine loop: take in new requests between steps, resolve each future when its request ends.
+        A load waits until the requests taken before it have ended, and takes no new one meanwhile."""
         engine = self._llm.llm_engine
         waiting: dict[str, Future[list[str]]] = {}
+        load: tuple[str, Future[None]] | None = None
         while True:
-            request = self._incoming.get() if not waiting else self._next_nowait()
+            if load is not None and not waiting:
+                self._reload(*load)
+                load = None
+            request = None if load is not None else self._incoming.get() if not waiting else self._next_nowait()
             while request is not None:
                 if request is _STOP:
                     return
                 prompt, params, future = request
+                if prompt is _LOAD:
+                    load = (params, future)
+                    break
                 request_id = uuid.uuid4().hex  # outputs carry this id (vLLM adds a suffix of its own inside)
                 engine.add_request(request_id, prompt, params)
                 waiting[request_id] = future
                 request = self._next_nowait()
+            if not waiting:
+                continue
             try:
                 outputs = engine.step()
             except BaseException as exc:  # the engine is gone: every caller hears of it, now and later
                 self._failure = exc
-                for future in waiting.values():
+                for future in [*waiting.values(), *([load[1]] if load else [])]:
                     future.set_exception(exc)
                 waiting.clear()
                 return
@@ -141,6 +162,15 @@ class VLLMBackend:
                 if output.finished and output.request_id in waiting:
                     texts = [c.text for c in sorted(output.outputs, key=lambda c: c.index)]
                     waiting.pop(output.request_id).set_result(texts)
+
+    def _reload(self, path: str, done: Future[None]) -> None:
+        try:
+            self._llm.collective_rpc("reload_weights", kwargs={"weights_path": path})
+            self._llm.reset_prefix_cache()  # cached keys and values were computed by the old weights
+        except Exception as exc:  # noqa: BLE001 - the caller hears of it
+            done.set_exception(exc)
+        else:
+            done.set_result(None)
 
     def _next_nowait(self) -> Any:
         try:

@@ -42,7 +42,8 @@ def forget(run_dir: Path, first: str) -> None:
     _save_markers(run_dir, {k: v for k, v in markers.items() if k not in stages})
 
 
-def run_all(cfg: Config, from_stage: str | None = None) -> dict[str, Path]:
+def run_all(cfg: Config, from_stage: str | None = None, keeper: Any = None) -> dict[str, Path]:
+    """`keeper`: an EngineKeeper (generation/keeper.py) to evaluate with, when many runs share one."""
     from s3ft.eval.run import run_eval
     from s3ft.models.resolve import resolve_model
     from s3ft.pipeline.data_engine import run_data
@@ -75,7 +76,7 @@ def run_all(cfg: Config, from_stage: str | None = None) -> dict[str, Path]:
         log.info("stage 3/4: eval — done already")
     else:
         log.info("stage 3/4: eval")
-        run_eval(cfg)
+        run_eval(cfg, keeper)
         _mark(run_dir, "eval", eval_key)
 
     log.info("stage 4/4: report")

@@ -8,6 +8,7 @@ judging and paraphrase are computed once for every learning rate and seed (and g
 judging once for ssr and s3ft). `data.validation_rows` rows are carved from the training set, by a
 hash of their ids, for every run alike; each strategy's setting is the one with the best validation
 accuracy, and OUTPUT_DIR/report/ states that protocol, the chosen settings' test scores and every run.
+On CPUs one vLLM engine evaluates every run, loading each checkpoint in turn (generation/keeper.py).
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ def run_sweep(
     validation_rows: int | None = None,
 ) -> tuple[Path, Path]:
     """Run every point not yet done (each resumes like `s3ft run`), then write the sweep's report."""
+    from s3ft.generation.keeper import EngineKeeper
     from s3ft.pipeline.run import run_all
 
     base = load_config(config, overrides)
@@ -93,9 +95,10 @@ def run_sweep(
     (root / "sweep.json").write_text(json.dumps(
         {"config": str(config), "overrides": overrides, "grid": grid, "seeds": seeds, "validation_rows": rows,
          "runs": [p.name for p in todo]}, indent=2) + "\n")
-    for index, (point, cfg) in enumerate(zip(todo, configs, strict=True), start=1):
-        log.info("sweep %d/%d: %s", index, len(todo), point.name)
-        run_all(cfg)
+    with EngineKeeper() as keeper:  # one engine evaluates every run's checkpoint, where that is free (CPU)
+        for index, (point, cfg) in enumerate(zip(todo, configs, strict=True), start=1):
+            log.info("sweep %d/%d: %s", index, len(todo), point.name)
+            run_all(cfg, keeper=keeper)
     return write_sweep_report(root)
 
 

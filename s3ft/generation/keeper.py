@@ -1,0 +1,73 @@
+"""Engines kept from one evaluation to the next: a sweep evaluates many checkpoints of one model, and a
+fresh engine for each costs a Ray worker's start and vLLM's (~12 s a run in the demo on 2 cores, minutes
+for a large model), where loading the next checkpoint into the running engine takes milliseconds.
+
+Kept only where that is free: vLLM engines on CPUs, which then hold no placement group (idle, an engine
+costs memory but no CPU, so training between two evaluations still has every CPU). Engines on GPUs hold
+the GPUs that training needs, so there each evaluation starts its own, as a single run does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any, Self
+
+from s3ft.config import GenerationConfig, ModelConfig
+from s3ft.generation.ray_pool import GenerationPool, engines_on_gpu
+
+log = logging.getLogger(__name__)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
+                   "chat_template.jinja", "vocab.json", "merges.txt")
+CONFIG_NOISE = {"_name_or_path", "transformers_version"}  # differ between checkpoints of one architecture
+
+
+class EngineKeeper:
+    """`with EngineKeeper() as keeper:` around many runs; `keeper.pool(model, gen)` is a started pool
+    serving that model, or None where engines are not kept (start one as usual)."""
+
+    def __init__(self) -> None:
+        self._pool: GenerationPool | None = None
+        self._key: str | None = None
+        self.started = 0  # engine pools started, for the log and the tests
+        self.loads = 0  # checkpoints loaded into a running pool
+
+    def pool(self, model: ModelConfig, gen: GenerationConfig) -> GenerationPool | None:
+        if gen.backend != "vllm" or engines_on_gpu(gen):
+            return None
+        key = same_engine_key(model, gen)
+        if self._pool is not None and key == self._key:
+            if self._pool.model.path != model.path:
+                log.info("generation: the running engine loads %s", model.path)
+                self._pool.load(model.path)
+                self.loads += 1
+            return self._pool
+        self.close()
+        self._pool, self._key = GenerationPool(model, gen, reserve=False), key
+        self.started += 1
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+        self._pool = self._key = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def same_engine_key(model: ModelConfig, gen: GenerationConfig) -> str:
+    """Equal for checkpoints one engine can serve in turn: the same settings but the path, the same
+    architecture (config.json) and the same tokenizer files."""
+    path = Path(model.path)
+    config: dict[str, Any] = json.loads((path / "config.json").read_text())
+    tokenizer = {name: hashlib.sha256((path / name).read_bytes()).hexdigest()
+                 for name in TOKENIZER_FILES if (path / name).is_file()}
+    return json.dumps({"model": model.model_dump(mode="json", exclude={"path"}), "gen": gen.model_dump(mode="json"),
+                       "config": {k: v for k, v in config.items() if k not in CONFIG_NOISE},
+                       "tokenizer": tokenizer}, sort_keys=True)
