@@ -251,7 +251,8 @@ def test_kept_engine_loads_each_checkpoint_in_turn_and_holds_no_cpu(
     from s3ft.models.tiny import build_tiny_model
 
     gen = GenerationConfig(backend="vllm", cpu_kvcache_gib=0.25, enforce_eager=True)
-    random_init, memorized = (ModelConfig(path=str(p), max_model_len=256) for p in (tiny_model_dir, memorized_model_dir))
+    random_init, memorized = (ModelConfig(path=str(p), max_model_len=256)
+                              for p in (tiny_model_dir, memorized_model_dir))
     expected = [[a] for _, a in memorized_pairs]
     before = cpus_free()
     with EngineKeeper() as keeper:
