@@ -47,6 +47,34 @@ def test_worker_output_goes_to_the_log_file_except_the_training_bar(tmp_path: Pa
         logging.getLogger().handlers = []
 
 
+def test_libraries_progress_bars_go_to_the_log_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tqdm import tqdm
+
+    console.setup(verbose=False)
+    try:
+        path = console.log_to(tmp_path / "run")
+        capsys.readouterr()
+        with console.libraries_to_log():
+            for _ in tqdm(range(3), desc="Running generate_until requests"):
+                pass
+            print("a library's print")
+        logging.getLogger("s3ft.eval.run").info("general benchmarks of the base model")
+        shown = capsys.readouterr()
+        assert "generate_until" not in shown.err + shown.out and "library's print" not in shown.err + shown.out
+        assert "general benchmarks of the base model" in shown.err
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        log = path.read_text()
+        assert "libraries: Running generate_until requests: 100%" in log and "libraries: a library's print" in log
+        assert "requests:   0%" not in log  # the bar's last redraw, not each one
+    finally:
+        console.setup(verbose=True)
+        logging.getLogger().handlers = []
+    with console.libraries_to_log():  # verbose: shown as they are
+        print("shown")
+    assert "shown" in capsys.readouterr().out
+
+
 def _s3ft(*args: str) -> subprocess.CompletedProcess[str]:
     """The command's console output, colours removed."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}

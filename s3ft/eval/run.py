@@ -14,6 +14,7 @@ from s3ft.eval.base_cache import cache_dir, cached
 from s3ft.eval.in_domain import eval_name, evaluate_in_domain, model_fingerprint
 from s3ft.eval.results import Results, results_path, update_results
 from s3ft.models.resolve import resolve_model
+from s3ft.runtime import console
 from s3ft.runtime.shards import file_digest
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,8 @@ def run_eval(cfg: Config, keeper: Any = None) -> Results:
 
     if cfg.eval.general_tasks:
         for label in labels:
-            scores = _general(cfg, models[label], cache if label == "base" else None)
+            with console.libraries_to_log():  # lm-eval's and transformers' own progress bars
+                scores = _general(cfg, models[label], cache if label == "base" else None)
             log.info("general benchmarks of the %s model: %s", label, scores)
             update_results(path, general={label: scores})
 
@@ -54,8 +56,9 @@ def run_eval(cfg: Config, keeper: Any = None) -> Results:
         from s3ft.eval.likelihood import target_nll
 
         key = stage_key("likelihood", model_fingerprint(base), file_digest(merged), str(cfg.eval.likelihood_rows))
-        measured = cached(cache, key, lambda: target_nll(base, merged, max_rows_per_source=cfg.eval.likelihood_rows,
-                                                         device=_device()), [])
+        with console.libraries_to_log():
+            measured = cached(cache, key, lambda: target_nll(
+                base, merged, max_rows_per_source=cfg.eval.likelihood_rows, device=_device()), [])
         update_results(path, likelihood={"base_model": base, **measured})
     return update_results(path)
 

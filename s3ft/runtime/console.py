@@ -9,8 +9,11 @@ the log file instead, except the training rank's own `train: ` lines (its progre
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,7 @@ WORKER_HANDLER = "ray_print_logs"  # the name Ray registers its printer of worke
 
 _state: dict[str, Any] = {"verbose": True, "file": None}
 worker_log = logging.getLogger("workers")  # not under "ray": Ray's logger does not propagate
+library_log = logging.getLogger("libraries")
 
 
 class _OwnLines(logging.Filter):
@@ -98,3 +102,47 @@ def _worker_lines(batch: dict[str, Any]) -> None:
             print(f"\r{text}" if bar else text, end=end, file=sys.stderr, flush=True)
         else:
             worker_log.info("(%s pid=%s) %s", who, batch.get("pid"), line)
+
+
+@contextlib.contextmanager
+def libraries_to_log() -> Iterator[None]:
+    """Around calls into libraries that draw progress bars of their own or print (lm-eval, transformers,
+    datasets): what they write goes to the log file, unless verbose. Their bars take no switch we could
+    turn off from outside (tqdm reads its TQDM_* variables once, at import)."""
+    if _state["verbose"]:
+        yield
+        return
+    stream = _LineLog()
+    try:
+        with contextlib.redirect_stderr(stream), contextlib.redirect_stdout(stream):
+            yield
+    finally:
+        stream.finish()
+
+
+class _LineLog(io.TextIOBase):
+    """A text stream that logs each line written to it (a progress bar's last redraw only)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pending = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        *lines, self._pending = (self._pending + text).split("\n")
+        for line in lines:
+            self._log(line)
+        return len(text)
+
+    def finish(self) -> None:
+        """The unended last line (not on `flush`: a progress bar flushes each redraw)."""
+        if self._pending:
+            self._log(self._pending)
+            self._pending = ""
+
+    @staticmethod
+    def _log(line: str) -> None:
+        if text := line.split("\r")[-1].strip():
+            library_log.info(text)
