@@ -116,6 +116,7 @@ def test_sweep_runs_the_grid_sharing_data_stages_and_the_base_eval(engine_worksp
         results = json.loads((run / "eval" / "results.json").read_text())
         assert results["validation"]["n"] == 2 and results["in_domain"]["n"] == 6 and "trained" in results["validation"]
         assert len((run / "data" / "merged.jsonl").read_text().splitlines()) == 4  # 6 rows − 2 for validation
+        assert (run / "data" / "rejects.jsonl").is_file()  # each run has its copy of the shared load's rejects
     stages = sorted(p.name.split("-")[0] for p in (root / "shared" / "stages").iterdir())
     # one generation, judging and paraphrase for both learning rates and both strategies (sft loads its own)
     assert stages.count("generate") == 1 and stages.count("judge") == 1 and stages.count("paraphrase") == 1

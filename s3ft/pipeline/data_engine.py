@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import shutil
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
@@ -56,8 +57,12 @@ def run_data(cfg: Config) -> dict[str, Any]:
         load_key += [cfg.model.path, str(context), str(cfg.generation.max_tokens)]  # prompts vetted against them
     stages = Path(cfg.stages_dir) if cfg.stages_dir else run_dir  # a sweep's runs share theirs
     loaded = ShardStore(stages, "load", stage_key(*load_key))
+    rejects = loaded.dir / "rejects.jsonl"  # kept with the stage: every run that shares it gets a copy
     if not loaded.finished:
-        run_load(cfg.data, templates, loaded, cfg.generation.shard_size, run_dir / "data" / "rejects.jsonl", check)
+        run_load(cfg.data, templates, loaded, cfg.generation.shard_size, rejects, check)
+    if rejects.is_file():
+        (run_dir / "data").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(rejects, run_dir / "data" / "rejects.jsonl")
     validation = run_dir / "data" / "validation.jsonl"
     if cfg.data.validation_rows:
         carved = ShardStore(stages, "carve", stage_key(loaded.key, str(cfg.data.validation_rows)))
