@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "made are not run again.")
     parser.add_argument("--full", action="store_true",
                         help=f"The whole grid (lr {', '.join(FULL_LRS)}) with seeds 0 1 2: the trade-off plot with "
-                        "error bars (about an hour on 2 cores).")
+                        "error bars (~30 minutes on 2 cores, the demo's six runs reused).")
     parser.add_argument("--lrs", nargs="+", help=f"Learning rates to choose from (default {' '.join(LRS)}).")
     parser.add_argument("--seeds", type=int, nargs="+", help="Fine-tuning seeds (default 0; --full: 0 1 2).")
     parser.add_argument("--pretrain-steps", type=int, default=PretrainSettings.steps,
