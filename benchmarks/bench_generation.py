@@ -97,7 +97,11 @@ def main() -> None:
     )
 
     group = placement_group([{"CPU": args.cpus}], strategy="STRICT_PACK")
-    env = {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": str(args.cpus)}  # as our engines get
+    # As our engines get: the same threads, and vLLM's engine core in the actor's own process (ours runs it
+    # there so that it dies with the actor; left as a child process, the reference's core and front end
+    # would share the bundle's CPUs as two processes, a layout ours does not have).
+    env = {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": str(args.cpus),
+           "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
     bare = BareVLLM.options(
         num_cpus=args.cpus, scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=group)
     ).remote(str(model_dir), env)
