@@ -4,7 +4,8 @@ Pretrains the base model if it is missing, then runs `s3ft sweep configs/experim
 a small learning-rate grid for the three strategies (one seed): every run shares the data stages,
 the base model is evaluated once, and each strategy is compared at the learning rate its validation
 split (carved from the training set) chose. `--full` runs the whole grid with three seeds, for the
-trade-off plot with error bars, in the same sweep directory (the demo's six runs are reused). The demo's notes (standard errors, chosen rates, base model, time)
+trade-off plot with error bars, in the same sweep directory (the demo's six runs are reused). The
+demo's notes (standard errors, chosen rates, base model, time)
 go under the sweep's report.
 """
 

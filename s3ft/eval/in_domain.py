@@ -10,7 +10,7 @@ import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from s3ft.config import Config, stage_key
 from s3ft.data.load import run_load
@@ -24,6 +24,9 @@ from s3ft.models.chat import render_prompt
 from s3ft.models.resolve import context_length, load_tokenizer, prompt_fits
 from s3ft.runtime.shards import ShardStore, file_digest, read_jsonl, write_jsonl
 from s3ft.runtime.stage import Step, run_steps
+
+if TYPE_CHECKING:
+    from s3ft.generation.keeper import EngineKeeper
 
 
 def model_fingerprint(path: str) -> list[tuple[str, int, int]]:
@@ -52,7 +55,7 @@ class EvalSet:
 
 
 def evaluate_in_domain(cfg: Config, label: str, model_path: str, cache: Path | None = None,
-                       keeper: Any = None) -> dict[str, dict[str, Any]]:
+                       keeper: EngineKeeper | None = None) -> dict[str, dict[str, Any]]:
     """Accuracy of the model at `model_path` on each in-domain set the run has: `test` (eval.data_path) and
     `validation` (data/validation.jsonl, carved from the training set), all through one engine pool
     (the `keeper`'s, generation/keeper.py, where it keeps engines between evaluations).

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from s3ft.config import Config, stage_key
 from s3ft.eval.base_cache import cache_dir, cached
@@ -17,10 +17,13 @@ from s3ft.models.resolve import resolve_model
 from s3ft.runtime import console
 from s3ft.runtime.shards import file_digest
 
+if TYPE_CHECKING:
+    from s3ft.generation.keeper import EngineKeeper
+
 log = logging.getLogger(__name__)
 
 
-def run_eval(cfg: Config, keeper: Any = None) -> Results:
+def run_eval(cfg: Config, keeper: EngineKeeper | None = None) -> Results:
     """`keeper`: an EngineKeeper whose engines evaluate in turn the checkpoints of many runs (a sweep)."""
     run_dir = Path(cfg.output_dir)
     path = results_path(run_dir)

@@ -31,7 +31,7 @@ class EngineKeeper:
     def __init__(self) -> None:
         self._pool: GenerationPool | None = None
         self._key: str | None = None
-        self.started = 0  # engine pools started, for the log and the tests
+        self.started = 0  # engine pools started
         self.loads = 0  # checkpoints loaded into a running pool
 
     def pool(self, model: ModelConfig, gen: GenerationConfig) -> GenerationPool | None:

@@ -8,12 +8,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from s3ft.config import GenerationConfig, ModelConfig
 from s3ft.generation.base import Sampling
 from s3ft.runtime import placement
 from s3ft.runtime.lending import CpuSlot
+
+if TYPE_CHECKING:
+    from s3ft.generation.keeper import EngineKeeper
 
 Rows = list[dict[str, Any]]
 
@@ -24,7 +27,7 @@ class LazyPool:
     none before they start."""
 
     def __init__(self, stack: contextlib.ExitStack, model: ModelConfig, gen: GenerationConfig,
-                 record: tuple[Path, str] | None = None, keeper: Any = None) -> None:
+                 record: tuple[Path, str] | None = None, keeper: EngineKeeper | None = None) -> None:
         self._stack, self._model, self._gen, self._record, self._keeper = stack, model, gen, record, keeper
         self._pool: Any = None
 
@@ -43,7 +46,7 @@ class LazyPool:
 
 
 def lazy_pool(stack: contextlib.ExitStack, model: ModelConfig, gen: GenerationConfig,
-              record: tuple[Path, str] | None = None, keeper: Any = None) -> LazyPool:
+              record: tuple[Path, str] | None = None, keeper: EngineKeeper | None = None) -> LazyPool:
     """`record`: (run_dir, role) to write where the engines run to run_dir/logs/placement/ROLE.json;
     `keeper`: an EngineKeeper (generation/keeper.py) whose engines to use where it keeps them."""
     return LazyPool(stack, model, gen, record, keeper)

@@ -230,7 +230,7 @@ class GenerationPool:
         try:
             ray.get(refs)
         except RayTaskError as exc:
-            raise (exc.cause if isinstance(exc.cause, S3FTError) else exc) from None
+            raise _plain(exc) from None
         self.model = self.model.model_copy(update={"path": model_path})
 
     def _launch(self) -> _Engine:
@@ -263,7 +263,7 @@ class GenerationPool:
         try:
             limits = ray.get([e.actor.ready.remote() for e in self._engines])
         except RayTaskError as exc:
-            raise (exc.cause if isinstance(exc.cause, S3FTError) else exc) from None
+            raise _plain(exc) from None
         for engine, engine_limits in zip(self._engines, limits, strict=True):
             engine.limits = engine_limits
             engine.where = ray.get(engine.actor.where.remote())
@@ -390,7 +390,7 @@ class GenerationPool:
                 if engine in self._engines:  # its first lost shard: replace it once
                     self._replace(engine)
             except RayTaskError as exc:
-                raise (exc.cause if isinstance(exc.cause, S3FTError) else exc) from None
+                raise _plain(exc) from None
             finally:
                 self._give_back(engine, cost)
 
@@ -443,6 +443,11 @@ class GenerationPool:
             ray.wait([e.actor.close.remote() for e in engines], num_returns=len(engines), timeout=30)
         for engine in engines:
             self._retire(engine)
+
+
+def _plain(exc: RayTaskError) -> Exception:
+    """Our own error raised inside an engine (a ModelError, say) as itself, for the CLI to print plainly."""
+    return exc.cause if isinstance(exc.cause, S3FTError) else exc
 
 
 async def _result(ref: ray.ObjectRef) -> Any:

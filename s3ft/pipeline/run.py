@@ -12,11 +12,14 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from s3ft.config import Config, save_config, stage_key
 from s3ft.runtime.preflight import check_output_dir
 from s3ft.runtime.shards import file_digest
+
+if TYPE_CHECKING:
+    from s3ft.generation.keeper import EngineKeeper
 
 log = logging.getLogger(__name__)
 STAGES = ("data", "train", "eval", "report")
@@ -42,7 +45,7 @@ def forget(run_dir: Path, first: str) -> None:
     _save_markers(run_dir, {k: v for k, v in markers.items() if k not in stages})
 
 
-def run_all(cfg: Config, from_stage: str | None = None, keeper: Any = None) -> dict[str, Path]:
+def run_all(cfg: Config, from_stage: str | None = None, keeper: EngineKeeper | None = None) -> dict[str, Path]:
     """`keeper`: an EngineKeeper (generation/keeper.py) to evaluate with, when many runs share one."""
     from s3ft.eval.run import run_eval
     from s3ft.models.resolve import resolve_model
