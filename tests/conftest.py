@@ -11,6 +11,10 @@ import pytest
 # Before Ray starts, so that its workers inherit them: no hub on these machines.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# DeepSpeed's JIT-built ops (cpu_adam, for the offload tests) in this checkout's own cache, not in
+# ~/.cache/torch_extensions, which every checkout shares: there a run killed while torch's loader held an
+# op's lock file leaves it behind, and the next suite would wait on it for ever.
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(__file__).resolve().parents[1] / ".cache" / "torch_extensions"))
 
 # Short math questions and the answers a memorised model gives greedily, with wide margins.
 SUMS = [(12, 7), (20, 5), (31, 4), (40, 8), (51, 6), (63, 2), (9, 9), (72, 11), (8, 15), (44, 44), (27, 3), (16, 61)]

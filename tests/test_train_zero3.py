@@ -199,12 +199,13 @@ def test_step_one_equals_a_plain_pytorch_step(runs):
 
 PARTITION_SCRIPT = textwrap.dedent("""
     import os, sys
-    import deepspeed, torch
+    import torch
     from s3ft.config.train import TrainConfig
+    from s3ft.train import groups
     from s3ft.train.dsconfig import resolve_deepspeed_config
     from s3ft.train.model import load_model
 
-    deepspeed.init_distributed(dist_backend="gloo")
+    groups.start(use_gpu=False, timeout_s=600)
     cfg = TrainConfig(deepspeed="zero3")
     ds = resolve_deepspeed_config(cfg, world_size=2, bf16=False, hidden_size=128)
     model, handle = load_model(sys.argv[1], cfg, ds, torch.float32)
@@ -249,13 +250,14 @@ CHUNKED_LOSS_SCRIPT = textwrap.dedent("""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from s3ft.train.batching import collate
     from s3ft.config.train import TrainConfig
+    from s3ft.train import groups
     from s3ft.train.dsconfig import resolve_deepspeed_config
     from s3ft.train.loss import full_logits_nll, nll_sum
     from s3ft.train.model import load_model
     from s3ft.train.tokenize import TokenizedSet
 
     model_path, data_path, out = sys.argv[1:4]
-    deepspeed.init_distributed(dist_backend="gloo")
+    groups.start(use_gpu=False, timeout_s=600)
     rank = int(os.environ["RANK"])
     data = TokenizedSet.load(data_path)
     mbs = [((0, 1), (2, 4)), ()]  # rank 1 has a dummy: no label, yet the same collectives

@@ -26,10 +26,24 @@ def start(use_gpu: bool, timeout_s: int) -> bool:
     if use_gpu:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     created = not torch.distributed.is_initialized()
+    if not use_gpu:
+        _skip_shm_op()
     deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo", timeout=timedelta(seconds=timeout_s))
     apply_timeout(timeout_s)
     _owned = _owned or created
     return created
+
+
+def _skip_shm_op() -> None:
+    """Keep DeepSpeed from loading its CPU shared-memory comm op as it joins the group: only its
+    `inference_all_reduce` uses the op, never ZeRO training, and loading it costs a ~30 s compile on a new
+    machine and a hang for ever after a rank dies mid-load. torch's JIT loader holds a lock file in
+    ~/.cache/torch_extensions for every load, even of a built op, and a rank killed while it holds it
+    (scancel, an out-of-memory kill, `ray stop`) leaves the file; every later run on that home waits on
+    it. DeepSpeed has no switch for this: it asks its table of compatible ops, so the op is marked unusable."""
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
 def release() -> None:
