@@ -68,23 +68,3 @@ def engine_workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.engine_workspace import build_workspace
 
     return build_workspace(tmp_path_factory.mktemp("engine"))
-
-
-@pytest.fixture(scope="session")
-def multinode_rig() -> Iterator[object]:
-    """One multi-node Ray cluster for the session's multi-node tests (tests/multinode.py): a head
-    without CPUs on 127.0.0.2 and two 1-CPU worker nodes on 127.0.0.3 and 127.0.0.4; s3ft-node2
-    sees a private directory of its own at `rig.nodes["s3ft-node2"].private_dirs[0]` (not shared storage)."""
-    import shutil
-    import tempfile
-
-    from tests.multinode import missing_requirements, multinode_cluster
-
-    if reason := missing_requirements():
-        pytest.skip(reason)
-    private = tempfile.mkdtemp(prefix="s3ft-unshared-")
-    try:
-        with multinode_cluster(worker_cpus=(1, 1), head_cpus=0, private_dirs={"s3ft-node2": [private]}) as rig:
-            yield rig
-    finally:
-        shutil.rmtree(private, ignore_errors=True)

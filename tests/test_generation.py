@@ -20,7 +20,7 @@ from s3ft.config import GenerationConfig, ModelConfig
 from s3ft.errors import ModelError
 from s3ft.generation import BACKENDS, Sampling
 from s3ft.generation.hf_backend import cut_at_stop
-from s3ft.generation.keeper import EngineKeeper
+from s3ft.generation.keeper import EngineKeeper, same_engine_key
 from s3ft.generation.ray_pool import SHARDS_WITHOUT_LIMITS, GenerationPool
 
 Pairs = list[tuple[str, str]]
@@ -268,6 +268,28 @@ def test_kept_engine_loads_each_checkpoint_in_turn_and_holds_no_cpu(
         assert keeper.pool(wider, gen) is not pool and keeper.started == 2
         assert pool.actors == []  # the engine of the other architecture replaced it
     assert wait_for(lambda: cpus_free() == before)
+
+
+def test_a_trained_export_shares_its_base_models_engine(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """An export differs from its base in what saving writes: transformers' keys in tokenizer_config.json
+    and the export dtype in config.json, which the engine does not read where model.dtype is set."""
+    import json
+    import shutil
+
+    trained = Path(shutil.copytree(tiny_model_dir, tmp_path / "trained"))
+    for name, update in [("tokenizer_config.json", {"is_local": True, "local_files_only": False}),
+                         ("config.json", {"dtype": "bfloat16"})]:
+        data = json.loads((trained / name).read_text())
+        (trained / name).write_text(json.dumps({**data, **update}))
+    gen = GenerationConfig(backend="vllm")
+
+    def key(path: Path, dtype: str) -> str:
+        return same_engine_key(ModelConfig(path=str(path), dtype=dtype), gen)
+
+    assert key(tiny_model_dir, "float32") == key(trained, "float32")
+    assert key(tiny_model_dir, "auto") != key(trained, "auto")  # there the engine's dtype is the file's
+    (trained / "chat_template.jinja").write_text("{{ messages[0]['content'] }}")
+    assert key(tiny_model_dir, "float32") != key(trained, "float32")
 
 
 @pytest.mark.slow

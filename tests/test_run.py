@@ -107,3 +107,5 @@ def test_run_killed_during_training_resumes_from_its_checkpoint(tmp_path: Path, 
     trained = [json.loads(line)["step"] for line in (out / "logs" / "rows.jsonl").read_text().splitlines()]
     assert trained == list(range(1, 7))  # every step exactly once: resumed, nothing repeated or skipped
     assert steps_before  # it was killed after a checkpoint, so the re-run had one to resume from
+    log = (out / "logs" / "s3ft.log").read_text()
+    assert f"the running engine loads {out / 'model'}" in log  # the base model's engine scores the trained

@@ -5,6 +5,7 @@ Each part writes its own section as soon as it is done, so a failure later keeps
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,13 +40,19 @@ def run_eval(cfg: Config, keeper: EngineKeeper | None = None) -> Results:
     cache = cache_dir(cfg)
     if cfg.eval.data_path or (run_dir / "data" / "validation.jsonl").is_file():
         name = eval_name(cfg)
-        for label in labels:
-            scored = evaluate_in_domain(cfg, label, models[label], cache if label == "base" else None, keeper)
-            for split, score in scored.items():
-                log.info("%s accuracy of the %s model: %.4f on %d rows", split, label, score["accuracy"], score["n"])
-                section = {"task": cfg.data.task, "name": name if split == "test" else f"{name} (validation)",
-                           "metric": "accuracy", "n": score["n"], label: score["accuracy"]}
-                update_results(path, **{"in_domain" if split == "test" else "validation": section})
+        with contextlib.ExitStack() as stack:
+            if keeper is None:  # the base and the trained model through one engine, where engines are kept
+                from s3ft.generation.keeper import EngineKeeper
+
+                keeper = stack.enter_context(EngineKeeper())
+            for label in labels:
+                scored = evaluate_in_domain(cfg, label, models[label], cache if label == "base" else None, keeper)
+                for split, score in scored.items():
+                    log.info("%s accuracy of the %s model: %.4f on %d rows", split, label, score["accuracy"],
+                             score["n"])
+                    section = {"task": cfg.data.task, "name": name if split == "test" else f"{name} (validation)",
+                               "metric": "accuracy", "n": score["n"], label: score["accuracy"]}
+                    update_results(path, **{"in_domain" if split == "test" else "validation": section})
 
     if cfg.eval.general_tasks:
         for label in labels:

@@ -1,5 +1,5 @@
-"""Engines kept from one evaluation to the next: a sweep evaluates many checkpoints of one model, and a
-fresh engine for each costs a Ray worker's start and vLLM's (~12 s a run in the demo on 2 cores, minutes
+"""Engines kept from one evaluation to the next: a run evaluates the base model and then the trained one, a
+sweep many checkpoints of one model, and a fresh engine for each costs a Ray worker's start and vLLM's (~12 s a run in the demo on 2 cores, minutes
 for a large model), where loading the next checkpoint into the running engine takes milliseconds.
 
 Kept only where that is free: vLLM engines on CPUs, which then hold no placement group (idle, an engine
@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
                    "chat_template.jinja", "vocab.json", "merges.txt")
 CONFIG_NOISE = {"_name_or_path", "transformers_version"}  # differ between checkpoints of one architecture
+DTYPE_KEYS = {"dtype", "torch_dtype"}  # the engine runs in model.dtype where that is not "auto"
+TOKENIZER_NOISE = {"is_local", "local_files_only", "name_or_path"}  # written by saving, not read
 
 
 class EngineKeeper:
@@ -63,11 +65,22 @@ class EngineKeeper:
 
 def same_engine_key(model: ModelConfig, gen: GenerationConfig) -> str:
     """Equal for checkpoints one engine can serve in turn: the same settings but the path, the same
-    architecture (config.json) and the same tokenizer files."""
+    architecture (config.json) and the same tokenizer files. A trained model's export differs from its
+    base in what saving writes (its dtype, transformers' bookkeeping), which is left out where unread."""
     path = Path(model.path)
     config: dict[str, Any] = json.loads((path / "config.json").read_text())
-    tokenizer = {name: hashlib.sha256((path / name).read_bytes()).hexdigest()
-                 for name in TOKENIZER_FILES if (path / name).is_file()}
+    noise = CONFIG_NOISE | (DTYPE_KEYS if model.dtype != "auto" else set())
+    tokenizer = {name: _tokenizer_digest(path / name) for name in TOKENIZER_FILES if (path / name).is_file()}
     return json.dumps({"model": model.model_dump(mode="json", exclude={"path"}), "gen": gen.model_dump(mode="json"),
-                       "config": {k: v for k, v in config.items() if k not in CONFIG_NOISE},
+                       "config": {k: v for k, v in config.items() if k not in noise},
                        "tokenizer": tokenizer}, sort_keys=True)
+
+
+def _tokenizer_digest(path: Path) -> str:
+    content = path.read_bytes()
+    if path.suffix == ".json":
+        data = json.loads(content)
+        if isinstance(data, dict):
+            data = {k: v for k, v in data.items() if k not in TOKENIZER_NOISE}
+        content = json.dumps(data, sort_keys=True).encode()
+    return hashlib.sha256(content).hexdigest()

@@ -1,4 +1,4 @@
-"""The multi-node rig itself (tests/multinode.py): nodes with their own address, hostname, CPUs and
+"""The multi-node rig itself (tests/multinode/__init__.py): nodes with their own address, hostname, CPUs and
 processes, and a node killed as a machine dies leaves no process behind."""
 
 from __future__ import annotations

@@ -19,8 +19,8 @@ import psutil
 import pytest
 
 from tests.multinode import Rig
-from tests.test_multinode_data import data_config, s3ft
-from tests.test_multinode_run import SAMPLE, run_config
+from tests.multinode.test_multinode_data import data_config, s3ft
+from tests.multinode.test_multinode_run import SAMPLE, run_config
 
 pytestmark = pytest.mark.slow
 

@@ -337,6 +337,3 @@ def hold(all_up: Callable[[], bool], log_tail: Callable[[], str]) -> int:
     except KeyboardInterrupt:
         return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

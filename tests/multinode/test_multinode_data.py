@@ -1,6 +1,6 @@
 """Nothing waits in silence: on the rig (a head without CPUs, two 1-CPU workers), work that cannot be
 scheduled is named within a minute, with what holds the resources. (That the judges run while the
-engines hold every CPU is checked by the whole job, tests/test_multinode_run.py.)"""
+engines hold every CPU is checked by the whole job, tests/multinode/test_multinode_run.py.)"""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from tests.multinode import Rig
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "configs" / "data" / "gsm8k_sample.jsonl"
 
 

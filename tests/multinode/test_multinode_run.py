@@ -21,7 +21,7 @@ from tests.multinode import Rig
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "configs" / "data" / "gsm8k_sample.jsonl"
 WORKERS = ["127.0.0.3", "127.0.0.4"]
 
