@@ -1,10 +1,11 @@
-"""Engines kept from one evaluation to the next: a run evaluates the base model and then the trained one, a
-sweep many checkpoints of one model, and a fresh engine for each costs a Ray worker's start and vLLM's (~12 s a run in the demo on 2 cores, minutes
-for a large model), where loading the next checkpoint into the running engine takes milliseconds.
+"""Engines kept from one evaluation to the next: a run evaluates its base model and then the trained one,
+a sweep many checkpoints of one model, and a fresh engine for each costs a Ray worker's start and vLLM's
+(~20 s on 2 cores, minutes for a large model), where loading the next checkpoint into the running engine
+takes milliseconds.
 
 Kept only where that is free: vLLM engines on CPUs, which then hold no placement group (idle, an engine
 costs memory but no CPU, so training between two evaluations still has every CPU). Engines on GPUs hold
-the GPUs that training needs, so there each evaluation starts its own, as a single run does.
+the GPUs that training needs, so there each evaluation starts its own.
 """
 
 from __future__ import annotations
