@@ -41,10 +41,10 @@ def run_eval(cfg: Config, keeper: EngineKeeper | None = None) -> Results:
     if cfg.eval.data_path or (run_dir / "data" / "validation.jsonl").is_file():
         name = eval_name(cfg)
         with contextlib.ExitStack() as stack:
-            if keeper is None:  # the base and the trained model through one engine, where engines are kept
+            if keeper is None:  # the base and then the trained model through one engine pool, held as a fresh one
                 from s3ft.generation.keeper import EngineKeeper
 
-                keeper = stack.enter_context(EngineKeeper())
+                keeper = stack.enter_context(EngineKeeper(reserve=True))
             for label in labels:
                 scored = evaluate_in_domain(cfg, label, models[label], cache if label == "base" else None, keeper)
                 for split, score in scored.items():

@@ -3,9 +3,11 @@ a sweep many checkpoints of one model, and a fresh engine for each costs a Ray w
 (~20 s on 2 cores, minutes for a large model), where loading the next checkpoint into the running engine
 takes milliseconds.
 
-Kept only where that is free: vLLM engines on CPUs, which then hold no placement group (idle, an engine
-costs memory but no CPU, so training between two evaluations still has every CPU). Engines on GPUs hold
-the GPUs that training needs, so there each evaluation starts its own.
+Between runs (a sweep), kept only where that is free: vLLM engines on CPUs, which then hold no placement
+group (idle, an engine costs memory but no CPU, so training between two evaluations still has every
+CPU). Engines on GPUs hold the GPUs that training needs, so there each run's evaluation starts its own.
+Within one evaluation (`reserve=True`: nothing trains between the base and the trained model), engines
+are kept on GPUs too, in their placement groups, as a fresh pool would hold them.
 """
 
 from __future__ import annotations
@@ -29,16 +31,18 @@ TOKENIZER_NOISE = {"is_local", "local_files_only", "name_or_path"}  # written by
 
 class EngineKeeper:
     """`with EngineKeeper() as keeper:` around many runs; `keeper.pool(model, gen)` is a started pool
-    serving that model, or None where engines are not kept (start one as usual)."""
+    serving that model, or None where engines are not kept (start one as usual). `reserve`: the kept
+    engines hold their placement groups, for evaluations with no training between them."""
 
-    def __init__(self) -> None:
+    def __init__(self, reserve: bool = False) -> None:
+        self._reserve = reserve
         self._pool: GenerationPool | None = None
         self._key: str | None = None
         self.started = 0  # engine pools started
         self.loads = 0  # checkpoints loaded into a running pool
 
     def pool(self, model: ModelConfig, gen: GenerationConfig) -> GenerationPool | None:
-        if gen.backend != "vllm" or engines_on_gpu(gen):
+        if gen.backend != "vllm" or (engines_on_gpu(gen) and not self._reserve):
             return None
         key = same_engine_key(model, gen)
         if self._pool is not None and key == self._key:
@@ -48,7 +52,7 @@ class EngineKeeper:
                 self.loads += 1
             return self._pool
         self.close()
-        self._pool, self._key = GenerationPool(model, gen, reserve=False), key
+        self._pool, self._key = GenerationPool(model, gen, reserve=self._reserve), key
         self.started += 1
         return self._pool
 
