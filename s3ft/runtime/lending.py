@@ -1,10 +1,9 @@
-"""CPUs that a placement group reserves and lends to CPU tasks that would otherwise wait for ever.
+"""CPUs that a placement group reserves and lends while its owner is idle.
 
-The generation engines' placement groups reserve their CPUs for the whole data engine. Where they
-reserve every CPU of the cluster (1-CPU nodes), a judge task asking for a CPU outside those groups
-would wait for ever; the judges run inside the engines' bundles instead. Where a CPU outside them
-exists, judges wait for it even while it is busy: a borrowed CPU is one the engine is generating on
-(judging streams beside generation), and a program there slows the engine as much as it gains.
+The generation engines' placement groups reserve their CPUs for the whole data engine, but the stages
+run one after the other: while the judges run, the engines wait. On nodes whose every CPU an engine
+holds (a 1-CPU node), a judge task asking for a CPU outside those groups would wait for ever; the
+judges run inside the engines' bundles instead.
 """
 
 from __future__ import annotations
@@ -48,20 +47,10 @@ def into(remote: Any, slots: list[CpuSlot], n: int) -> Any:
 
 
 def borrow(lender: Lender | None) -> list[CpuSlot]:
-    """The slots to run CPU tasks in, or [] when the cluster has a CPU outside placement groups."""
+    """The slots to run CPU tasks in, or [] when the cluster has a CPU free outside placement groups."""
     import ray
 
     slots = lender() if lender else []
-    if not slots or ray.available_resources().get("CPU", 0) >= 1 or unreserved_cpus() >= 1:
+    if not slots or ray.available_resources().get("CPU", 0) >= 1:
         return []
     return slots
-
-
-def unreserved_cpus() -> float:
-    """The cluster's CPUs outside every placement group: free now or not, tasks get them in time."""
-    import ray
-    from ray.util.placement_group import placement_group_table
-
-    reserved = sum(bundle.get("CPU", 0) for group in placement_group_table().values() if group["state"] == "CREATED"
-                   for bundle in group["bundles"].values())
-    return ray.cluster_resources().get("CPU", 0) - reserved
