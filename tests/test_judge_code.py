@@ -253,4 +253,3 @@ def test_with_every_cpu_held_by_engines_the_programs_run_in_the_cpus_they_lend(
         assert [v.correct for v in verdicts] == [True] * 3 + [False] * 3, verdicts
     finally:
         remove_placement_group(group)
-
