@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 from typing import Any
 
@@ -251,5 +252,92 @@ def test_with_every_cpu_held_by_engines_the_programs_run_in_the_cpus_they_lend(
                             for i in range(cpus)])
         verdicts = judge.judge_batch(rows)
         assert [v.correct for v in verdicts] == [True] * 3 + [False] * 3, verdicts
+    finally:
+        remove_placement_group(group)
+
+
+class _Busy:
+    def ping(self) -> bool:
+        return True
+
+
+def _slot(group: Any, index: int, idle: bool) -> Any:
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    from s3ft.runtime.lending import CpuSlot
+
+    return CpuSlot(PlacementGroupSchedulingStrategy(placement_group=group, placement_group_bundle_index=index), 1,
+                   idle=idle)
+
+
+def _until_no_cpu_free(unreserved: int) -> None:
+    """Until the GCS's view of free and reserved CPUs, which follows a moment later, shows the test's groups."""
+    import ray
+
+    from s3ft.runtime.lending import unreserved_cpus
+
+    deadline = time.monotonic() + 30
+    while ray.available_resources().get("CPU", 0) >= 1 or unreserved_cpus() != unreserved:
+        assert time.monotonic() < deadline, ray.cluster_resources()
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_a_busy_cpu_outside_the_engines_is_waited_for_rather_than_a_generating_engines(ray_session: None) -> None:
+    """Judging streams beside generation: a CPU outside the engines' groups that is busy now is free in
+    time, so judges wait for it rather than run on the CPU an engine generates on; an idle engine's CPU
+    they do borrow (staged, the engines wait while the judges run)."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    from s3ft.runtime.lending import borrow, stranded
+
+    cpus = int(ray.cluster_resources()["CPU"])
+    group = placement_group([{"CPU": 1}])
+    ray.get(group.ready(), timeout=120)
+    busy = ray.remote(num_cpus=cpus - 1)(_Busy).remote()  # every other CPU, held outside any group
+    try:
+        assert ray.get(busy.ping.remote(), timeout=120)
+        _until_no_cpu_free(unreserved=cpus - 1)
+        generating, idle = _slot(group, 0, idle=False), _slot(group, 0, idle=True)
+        assert borrow(lambda: [generating]) == []
+        assert borrow(lambda: [idle]) == [idle]
+        assert not stranded(lambda: [generating], None)  # a task waiting outside the groups gets its CPU in time
+        assert stranded(lambda: [], generating)  # its engine retired: the slot is no longer lent
+    finally:
+        ray.kill(busy)
+        remove_placement_group(group)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)  # unsent again, the first tasks would wait for ever
+def test_programs_waiting_for_cpus_outside_the_engines_are_sent_again_once_none_is_left(
+    humaneval: list[dict[str, Any]], ray_session: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The tasks were sent to wait for a CPU outside the engines' groups, then the engines came to hold
+    every CPU (a replacement engine took the last one after a node was lost): they are sent again into
+    the CPUs the engines lend, busy or not, and every verdict comes back."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    from s3ft.runtime.lending import stranded
+
+    rows = [{**p, "response": p["canonical_solution"]} for p in humaneval[:2]]
+    rows += [{**p, "response": "    return None\n"} for p in humaneval[:2]]
+    cpus = int(ray.cluster_resources()["CPU"])
+    group = placement_group([{"CPU": 1}] * cpus, strategy="PACK")
+    ray.get(group.ready(), timeout=120)
+    slots = [_slot(group, i, idle=False) for i in range(cpus)]
+    lending = threading.Event()  # until set, the engines lend nothing: the tasks go outside the groups
+    try:
+        _until_no_cpu_free(unreserved=0)
+        judge = CodeJudge(timeout_s=20, num_workers=2)
+        judge.lend(lambda: slots if lending.is_set() else [])
+        assert not stranded(lambda: [], None)
+        threading.Timer(2.0, lending.set).start()
+        with caplog.at_level("WARNING", logger="s3ft.judges.code"):
+            verdicts = judge.judge_batch(rows)
+        assert [v.correct for v in verdicts] == [True] * 2 + [False] * 2, verdicts
+        assert "a batch of programs is sent again" in caplog.text
     finally:
         remove_placement_group(group)

@@ -8,7 +8,7 @@ Each engine lives in its own placement group, so its resources are reserved as o
 back as one unit: on GPU `tensor_parallel_size` bundles of one GPU on one node (vLLM's Ray executor
 places its TP workers in them); on CPU one bundle of `cpus_per_engine` CPUs (without a placement
 group, vLLM on Ray waits for a GPU that never comes). The engine actor claims none of its bundles'
-CPUs itself: while the engines wait, the judges run in those CPUs (`cpu_slots`).
+CPUs itself: the judges borrow them (`cpu_slots`, `s3ft.runtime.lending`).
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ class _EngineActor:
         submit = getattr(self._backend, "submit", None)
         if submit is None:
             return await asyncio.to_thread(self._backend.generate, prompts, sampling)
-        return [await asyncio.wrap_future(f) for f in submit(prompts, sampling)]
+        return await asyncio.wrap_future(submit(prompts, sampling))
 
     async def load(self, model_path: str) -> None:
         self.ready()
@@ -171,9 +171,9 @@ class GenerationPool:
         self.shutdown()
 
     def cpu_slots(self) -> list[CpuSlot]:
-        """The engines' CPUs, for CPU tasks to run in while the engines are idle (one slot per bundle)."""
+        """The engines' CPUs, for CPU tasks to run in (one slot per bundle; idle: its engine holds no shard)."""
         return [CpuSlot(PlacementGroupSchedulingStrategy(placement_group=e.group, placement_group_bundle_index=i),
-                        bundle["CPU"])
+                        bundle["CPU"], idle=e.shards == 0)
                 for e in self._engines if e.group is not None
                 for i, bundle in enumerate(self._bundles()) if bundle.get("CPU")]
 

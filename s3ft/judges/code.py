@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from s3ft.errors import S3FTError
 from s3ft.judges.base import Judge, Verdict, register
 from s3ft.runtime import lending
 from s3ft.runtime.lending import Lender
@@ -37,6 +38,7 @@ _FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _PYTHON_TAGS = ("python", "python3", "py")
 _WEAK = ("pid-ns", "net-ns", "read-only-fs")  # without these the sandbox is a documented fallback: say so once
 _HARNESS = Path(__file__).with_name("harness")
+STRANDED_ATTEMPTS = 3  # a batch stranded this often (its CPUs lost each time) is an error, not bad luck
 # Each sandbox's prog.py: wire.py becomes the module `wire`, then the side's harness runs its job.
 # The program's own code and the tests are string literals in JOB, run by the harness (server.py:
 # the program, with __name__ "__program__", so a response's `if __name__ == "__main__":` demo is
@@ -284,10 +286,34 @@ class CodeJudge(Judge):
         ray = sys.modules.get("ray")  # never imported here: a cluster is up only where ray already is
         if ray is None or not ray.is_initialized() or len(programs) <= 1:
             return judge_programs(programs, self.timeout_s, self.memory_mb, self.num_workers)
-        slots = lending.borrow(self._lender)  # engines hold every CPU: run in theirs, or wait for ever
-        size = math.ceil(len(programs) / (2 * max(1, lending.cpus(slots))))
-        remote = ray.remote(num_cpus=1)(judge_programs)
+        size = math.ceil(len(programs) / (2 * max(1, lending.cpus(lending.borrow(self._lender)))))
         chunks = [programs[i : i + size] for i in range(0, len(programs), size)]
-        refs = [lending.into(remote, slots, n).remote(chunk, self.timeout_s, self.memory_mb, 1)
-                for n, chunk in enumerate(chunks)]
-        return [v for chunk in ray.get(refs) for v in chunk]
+        return [v for chunk in self._run_chunks(ray, chunks) for v in chunk]
+
+    def _run_chunks(self, ray: Any, chunks: list[list[Program]]) -> list[list[Verdict]]:
+        """Each chunk as a Ray task, in the CPUs `lending.borrow` gives; a stranded one is sent again."""
+        remote = ray.remote(num_cpus=1)(judge_programs)
+        results: list[list[Verdict]] = [[] for _ in chunks]
+        sent: dict[Any, tuple[int, lending.CpuSlot | None, int]] = {}  # ref: chunk, slot, attempt
+
+        def send(n: int, attempt: int) -> None:
+            slots = lending.borrow(self._lender)  # asked each time: the engines lending them may change
+            slot = slots[n % len(slots)] if slots else None
+            ref = lending.into(remote, slots, n).remote(chunks[n], self.timeout_s, self.memory_mb, 1)
+            sent[ref] = (n, slot, attempt)
+
+        for n in range(len(chunks)):
+            send(n, 1)
+        while sent:
+            done, _ = ray.wait(list(sent), num_returns=len(sent), timeout=lending.SLOT_CHECK_S)
+            for ref in done:
+                results[sent.pop(ref)[0]] = ray.get(ref)
+            for ref, (n, slot, attempt) in list(sent.items()):
+                if lending.stranded(self._lender, slot):
+                    if attempt == STRANDED_ATTEMPTS:
+                        raise S3FTError(f"code judge: a batch of programs found no CPU to run in {attempt} times")
+                    log.warning("code judge: a batch of programs is sent again: the CPU it waited for is gone")
+                    ray.cancel(ref, force=True)
+                    del sent[ref]
+                    send(n, attempt + 1)
+        return results

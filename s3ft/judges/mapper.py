@@ -1,10 +1,11 @@
 """The judging step: judge a row field into verdicts, one shard at a time, several shards at once.
 
 Rule judges are cheap and stateless, so each shard goes out as a Ray task that builds its own
-(up to two per CPU of the cluster at once). Where no CPU is free outside placement groups (engines
-hold every CPU of 1-CPU nodes), the tasks run in the CPUs the engines' bundles lend
-(`s3ft.runtime.lending`), round robin, so judging never waits on CPUs held for ever. A task whose
-node or lent bundle is gone (a lost node, a retired engine) is sent again, up to `TASK_ATTEMPTS` times.
+(up to two per CPU of the cluster at once). They run outside placement groups, or in the CPUs the
+engines' bundles lend (`s3ft.runtime.lending`, round robin) where there are none or only busy ones
+while an engine is idle, so judging never waits on CPUs held for ever. A task whose node or lent
+bundle is gone (a lost node, a retired engine), or which waits for CPUs outside the groups that went
+with their node, is sent again, up to `TASK_ATTEMPTS` times.
 Judges that run in the driver (the code judge spreads its programs itself, the LLM judge owns engines)
 judge `batches_at_once` shards at a time in threads, so the event loop that feeds the engines never
 waits on them.
@@ -19,11 +20,10 @@ from typing import Any, Self
 from s3ft.config import JudgeConfig
 from s3ft.judges.base import Judge
 from s3ft.judges.run import judge_from_config, judge_rows, verdict_dict
-from s3ft.runtime.lending import CpuSlot, Lender, borrow, cpus, into, lends
+from s3ft.runtime.lending import SLOT_CHECK_S, CpuSlot, Lender, borrow, cpus, into, stranded
 
 log = logging.getLogger(__name__)
 TASK_ATTEMPTS = 3
-SLOT_CHECK_S = 5.0  # how often a task waiting in a lent bundle checks that the bundle is still lent
 
 Rows = list[dict[str, Any]]
 
@@ -122,7 +122,7 @@ class JudgeInto:
             done, _ = await asyncio.wait({future}, timeout=SLOT_CHECK_S)
             if done:
                 return future.result()
-            if slot is not None and not lends(self.lender, slot):  # its engine was retired: it would wait for ever
+            if stranded(self.lender, slot):
                 ray.cancel(ref, force=True)
                 raise TaskCancelledError()
 

@@ -1,13 +1,18 @@
-"""CPUs that a placement group reserves and lends while its owner is idle.
+"""CPUs that a placement group reserves and lends to CPU tasks (the judges).
 
-The generation engines' placement groups reserve their CPUs for the whole data engine, but the stages
-run one after the other: while the judges run, the engines wait. On nodes whose every CPU an engine
-holds (a 1-CPU node), a judge task asking for a CPU outside those groups would wait for ever; the
-judges run inside the engines' bundles instead.
+The generation engines' placement groups reserve their CPUs for the whole data engine. Judges borrow
+them in two cases. Where the engines reserve every CPU of the cluster (1-CPU nodes), a judge task
+asking for a CPU outside those groups would wait for ever, so it runs in an engine's bundle, busy or
+not. Elsewhere judges borrow only the CPUs of engines that hold no work (staged, while the judges run,
+the engines wait): a CPU outside the groups that is busy now frees up in time, while a program on a
+generating engine's CPU (judging streams beside generation) slows the engine as much as it gains.
+A task sent to wait can be stranded: its slot retired, or the CPUs outside the groups gone with their
+node; `stranded` says so, and the caller sends it again.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,8 +24,10 @@ class CpuSlot:
 
     strategy: Any  # ray.util.scheduling_strategies.PlacementGroupSchedulingStrategy
     cpus: float
+    idle: bool = True  # its owner holds no work now
 
 
+SLOT_CHECK_S = 5.0  # how often a task waiting for a CPU checks that it is not stranded
 Lender = Callable[[], list[CpuSlot]]  # the slots on loan now (none while the lender is not running)
 
 
@@ -47,10 +54,33 @@ def into(remote: Any, slots: list[CpuSlot], n: int) -> Any:
 
 
 def borrow(lender: Lender | None) -> list[CpuSlot]:
-    """The slots to run CPU tasks in, or [] when the cluster has a CPU free outside placement groups."""
+    """The slots to run CPU tasks in now, or [] to run them outside placement groups: every lent slot where
+    the cluster has no CPU outside the groups; else, when none of those is free now, the idle slots."""
     import ray
 
     slots = lender() if lender else []
-    if not slots or ray.available_resources().get("CPU", 0) >= 1:
+    if not slots or unreserved_cpus() < 1:
+        return slots
+    if ray.available_resources().get("CPU", 0) >= 1:
         return []
-    return slots
+    return [s for s in slots if s.idle]
+
+
+def stranded(lender: Lender | None, slot: CpuSlot | None) -> bool:
+    """Would a task sent to `slot` (None: outside every group) wait for ever now? Its slot is no longer
+    lent (its engine retired), or the CPUs outside the groups are gone (their node lost) while slots are."""
+    if slot is not None:
+        return not lends(lender, slot)
+    return lender is not None and bool(lender()) and unreserved_cpus() < 1
+
+
+def unreserved_cpus() -> float:
+    """The CPUs of live nodes outside every placement group, busy or not (Ray counts a group's reserved
+    CPUs under `CPU_group_<group id>`)."""
+    import ray
+
+    resources = ray.cluster_resources()
+    return resources.get("CPU", 0) - sum(v for k, v in resources.items() if _GROUP_TOTAL.fullmatch(k))
+
+
+_GROUP_TOTAL = re.compile(r"CPU_group_[0-9a-f]+")
