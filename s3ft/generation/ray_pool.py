@@ -26,7 +26,7 @@ from typing import Any, Self, TypeVar
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
 from s3ft.config import GenerationConfig, ModelConfig
 from s3ft.errors import ConfigError, S3FTError
@@ -236,7 +236,7 @@ class GenerationPool:
     def _launch(self) -> _Engine:
         self._launched += 1
         if not self.reserve:
-            return _Engine(_EngineActor.options(num_cpus=0).remote(
+            return _Engine(_EngineActor.options(num_cpus=0, scheduling_strategy=self._cpu_node()).remote(
                 self.gen.backend, self._backend_options(), self._env()), None)
         group = placement_group(self._bundles(), strategy="STRICT_PACK",
                                 name=f"s3ft engine {self._launched} (pool {self._pool_tag})")
@@ -249,6 +249,16 @@ class GenerationPool:
             ),
         ).remote(self.gen.backend, self._backend_options(), self._env())
         return _Engine(actor, group)
+
+    def _cpu_node(self) -> Any:
+        """Where an engine that reserves nothing goes: a node with CPUs, in turn, most CPUs first. Asking
+        for none, it could land anywhere, on a head started with 0 CPUs too (kept for Ray's own
+        processes). Soft: should that node be gone, it starts elsewhere."""
+        nodes = sorted((n for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0),
+                       key=lambda n: (-n["Resources"]["CPU"], n["NodeID"]))
+        if not nodes:
+            return "DEFAULT"
+        return NodeAffinitySchedulingStrategy(nodes[(self._launched - 1) % len(nodes)]["NodeID"], soft=True)
 
     def _wait_ready(self) -> None:
         groups = [e.group.ready() for e in self._engines if e.group is not None]

@@ -1,9 +1,11 @@
 """Nothing waits in silence: on the rig (a head without CPUs, two 1-CPU workers), work that cannot be
-scheduled is named within a minute, with what holds the resources. (That the judges run while the
-engines hold every CPU is checked by the whole job, tests/multinode/test_multinode_run.py.)"""
+scheduled is named within a minute, with what holds the resources; engines that reserve no CPU go to
+the nodes with CPUs, not the head. (That the judges run while the engines hold every CPU is checked by
+the whole job, tests/multinode/test_multinode_run.py.)"""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -88,3 +90,31 @@ def test_an_output_dir_that_is_not_shared_is_refused_naming_the_node(multinode_r
     assert "node s3ft-node2 (127.0.0.4): does not see the file the driver wrote there" in err
     assert "s3ft-node1" not in err and "s3ft-head" not in err
     assert not (out / "stages").exists()  # refused before any work
+
+
+# Engines kept between a sweep's runs reserve nothing (training needs every CPU between evaluations); here
+# started while a training-like placement group holds every worker's CPU, as the sweep's next run would.
+KEPT_ENGINES = """
+import json, sys, ray
+from ray.util.placement_group import placement_group
+from s3ft.config import GenerationConfig, ModelConfig
+from s3ft.generation.ray_pool import GenerationPool
+ray.init(log_to_driver=False)
+ray.get(placement_group([{"CPU": 1}] * 2, strategy="STRICT_SPREAD").ready(), timeout=120)
+gen = GenerationConfig(backend="vllm", num_engines=2, enforce_eager=True, cpu_kvcache_gib=0.25)
+with GenerationPool(ModelConfig(path=sys.argv[1], dtype="float32"), gen, reserve=False) as pool:
+    print(json.dumps(pool.placement))
+"""
+
+
+def test_engines_that_reserve_no_cpu_still_run_on_nodes_with_cpus(multinode_rig: Rig, tiny_model_dir: Path) -> None:
+    """Asking for no CPU, an engine could land on the head started with none (as a sweep's kept eval engine
+    did); they go to the nodes with CPUs, one each."""
+    rig = multinode_rig
+    out = subprocess.run([sys.executable, "-c", KEPT_ENGINES, str(tiny_model_dir)],
+                         env=rig.client_env() | {"RAY_ADDRESS": rig.gcs_address}, check=False, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    placement = json.loads(out.stdout.strip().splitlines()[-1])
+    assert sorted((p["hostname"], p["address"]) for p in placement) == [("s3ft-node1", "127.0.0.3"),
+                                                                          ("s3ft-node2", "127.0.0.4")]
