@@ -5,9 +5,10 @@ takes milliseconds.
 
 Between runs (a sweep), kept only where that is free: vLLM engines on CPUs, which then hold no
 placement group (idle, an engine costs memory but no CPU, so training between two evaluations still
-has every CPU; the pool still sends them to nodes with CPUs). Engines on GPUs hold the GPUs that training needs, so there each run's evaluation starts its own.
-Within one evaluation (`reserve=True`: nothing trains between the base and the trained model), engines
-are kept on GPUs too, in their placement groups, as a fresh pool would hold them.
+has every CPU; the pool still sends them to nodes with CPUs). Engines on GPUs hold the GPUs that
+training needs, so there each run's evaluation starts its own. Within one evaluation (`reserve=True`:
+nothing trains between the base and the trained model), engines are kept on GPUs too, in their
+placement groups, as a fresh pool would hold them.
 """
 
 from __future__ import annotations
