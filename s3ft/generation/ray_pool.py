@@ -253,12 +253,13 @@ class GenerationPool:
     def _cpu_node(self) -> Any:
         """Where an engine that reserves nothing goes: a node with CPUs, in turn, most CPUs first. Asking
         for none, it could land anywhere, on a head started with 0 CPUs too (kept for Ray's own
-        processes). Soft: should that node be gone, it starts elsewhere."""
+        processes). Hard affinity: with a soft one, Ray put engines on such a head all the same once a
+        node had been restarted (the rig's test); a node lost meanwhile fails that engine's start."""
         nodes = sorted((n for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0),
                        key=lambda n: (-n["Resources"]["CPU"], n["NodeID"]))
         if not nodes:
             return "DEFAULT"
-        return NodeAffinitySchedulingStrategy(nodes[(self._launched - 1) % len(nodes)]["NodeID"], soft=True)
+        return NodeAffinitySchedulingStrategy(nodes[(self._launched - 1) % len(nodes)]["NodeID"], soft=False)
 
     def _wait_ready(self) -> None:
         groups = [e.group.ready() for e in self._engines if e.group is not None]
