@@ -38,7 +38,6 @@ _FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _PYTHON_TAGS = ("python", "python3", "py")
 _WEAK = ("pid-ns", "net-ns", "read-only-fs")  # without these the sandbox is a documented fallback: say so once
 _HARNESS = Path(__file__).with_name("harness")
-STRANDED_ATTEMPTS = 3  # a batch stranded this often (its CPUs lost each time) is an error, not bad luck
 # Each sandbox's prog.py: wire.py becomes the module `wire`, then the side's harness runs its job.
 # The program's own code and the tests are string literals in JOB, run by the harness (server.py:
 # the program, with __name__ "__program__", so a response's `if __name__ == "__main__":` demo is
@@ -296,24 +295,25 @@ class CodeJudge(Judge):
         results: list[list[Verdict]] = [[] for _ in chunks]
         sent: dict[Any, tuple[int, lending.CpuSlot | None, int]] = {}  # ref: chunk, slot, attempt
 
-        def send(n: int, attempt: int) -> None:
-            slots = lending.borrow(self._lender)  # asked each time: the engines lending them may change
-            slot = slots[n % len(slots)] if slots else None
-            ref = lending.into(remote, slots, n).remote(chunks[n], self.timeout_s, self.memory_mb, 1)
+        def start(n: int, attempt: int) -> None:
+            ref, slot = lending.send(remote, self._lender, n, chunks[n], self.timeout_s, self.memory_mb, 1)
             sent[ref] = (n, slot, attempt)
 
         for n in range(len(chunks)):
-            send(n, 1)
+            start(n, 1)
         while sent:
             done, _ = ray.wait(list(sent), num_returns=len(sent), timeout=lending.SLOT_CHECK_S)
             for ref in done:
                 results[sent.pop(ref)[0]] = ray.get(ref)
+            # Once a round per slot: for the tasks outside the groups (slot None) it asks the GCS.
+            is_stranded = functools.cache(functools.partial(lending.stranded, self._lender))
             for ref, (n, slot, attempt) in list(sent.items()):
-                if lending.stranded(self._lender, slot):
-                    if attempt == STRANDED_ATTEMPTS:
-                        raise S3FTError(f"code judge: a batch of programs found no CPU to run in {attempt} times")
-                    log.warning("code judge: a batch of programs is sent again: the CPU it waited for is gone")
-                    ray.cancel(ref, force=True)
-                    del sent[ref]
-                    send(n, attempt + 1)
+                if not is_stranded(slot):
+                    continue
+                if attempt == lending.SEND_ATTEMPTS:
+                    raise S3FTError(f"code judge: a batch of programs found no CPU to run in {attempt} times")
+                log.warning("code judge: a batch of programs is sent again: the CPU it waited for is gone")
+                ray.cancel(ref, force=True)
+                del sent[ref]
+                start(n, attempt + 1)
         return results

@@ -5,7 +5,7 @@ Rule judges are cheap and stateless, so each shard goes out as a Ray task that b
 engines' bundles lend (`s3ft.runtime.lending`, round robin) where there are none or only busy ones
 while an engine is idle, so judging never waits on CPUs held for ever. A task whose node or lent
 bundle is gone (a lost node, a retired engine), or which waits for CPUs outside the groups that went
-with their node, is sent again, up to `TASK_ATTEMPTS` times.
+with their node, is sent again, up to `SEND_ATTEMPTS` times.
 Judges that run in the driver (the code judge spreads its programs itself, the LLM judge owns engines)
 judge `batches_at_once` shards at a time in threads, so the event loop that feeds the engines never
 waits on them.
@@ -20,10 +20,9 @@ from typing import Any, Self
 from s3ft.config import JudgeConfig
 from s3ft.judges.base import Judge
 from s3ft.judges.run import judge_from_config, judge_rows, verdict_dict
-from s3ft.runtime.lending import SLOT_CHECK_S, CpuSlot, Lender, borrow, cpus, into, stranded
+from s3ft.runtime.lending import SEND_ATTEMPTS, SLOT_CHECK_S, CpuSlot, Lender, borrow, cpus, send, stranded
 
 log = logging.getLogger(__name__)
-TASK_ATTEMPTS = 3
 
 Rows = list[dict[str, Any]]
 
@@ -100,16 +99,14 @@ class JudgeInto:
         attempts = 0
         while True:
             attempts += 1
-            slots = borrow(self.lender)  # asked each time: the engines lending them may change
-            slot = slots[self._sent % len(slots)] if slots else None
-            ref = into(self._remote, slots, self._sent).remote(self.cfg, requests)
+            ref, slot = send(self._remote, self.lender, self._sent, self.cfg, requests)
             self._sent += 1
             try:
                 return await self._result(ref, slot)
             except RayTaskError:
                 raise  # the judge itself failed: not a matter of where it ran
             except RayError as exc:
-                if attempts == TASK_ATTEMPTS:
+                if attempts == SEND_ATTEMPTS:
                     raise
                 log.warning("judge: a shard's task is sent again: %s", type(exc).__name__)
 

@@ -28,6 +28,7 @@ class CpuSlot:
 
 
 SLOT_CHECK_S = 5.0  # how often a task waiting for a CPU checks that it is not stranded
+SEND_ATTEMPTS = 3  # a task sent this often (its CPUs lost each time) is an error, not bad luck
 Lender = Callable[[], list[CpuSlot]]  # the slots on loan now (none while the lender is not running)
 
 
@@ -48,9 +49,14 @@ def cpus(slots: list[CpuSlot]) -> int:
     return sum(int(s.cpus) for s in slots) if slots else int(ray.cluster_resources().get("CPU", 1))
 
 
-def into(remote: Any, slots: list[CpuSlot], n: int) -> Any:
-    """The `n`-th task of `remote` (a Ray remote function), round robin over the slots if any."""
-    return remote.options(scheduling_strategy=slots[n % len(slots)].strategy) if slots else remote
+def send(remote: Any, lender: Lender | None, n: int, *args: Any) -> tuple[Any, CpuSlot | None]:
+    """Start the `n`-th task of `remote` (a Ray remote function) on `args` where `borrow` says now, round
+    robin over the slots if any; returns its ref and its slot (None: outside every group)."""
+    slots = borrow(lender)  # asked each time: the engines lending them, and whether they are idle, change
+    if not slots:
+        return remote.remote(*args), None
+    slot = slots[n % len(slots)]
+    return remote.options(scheduling_strategy=slot.strategy).remote(*args), slot
 
 
 def borrow(lender: Lender | None) -> list[CpuSlot]:
