@@ -47,6 +47,24 @@ def test_worker_output_goes_to_the_log_file_except_the_training_bar(tmp_path: Pa
         logging.getLogger().handlers = []
 
 
+def test_a_line_that_arrives_while_the_bar_is_open_starts_a_line_of_its_own(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Ray forwards a worker's stdout and stderr apart: the rank's own line can come after the bar's first
+    redraw (CI saw `train:   0%|...train: 4 rows ...` on one console line)."""
+    console.setup(verbose=False)
+    try:
+        console._worker_lines({"pid": 7, "actor_name": "RayTrainWorker", "lines": ["train:   0%|          | 0/4"]})
+        console._worker_lines({"pid": 7, "actor_name": "RayTrainWorker", "lines": ["train: 4 rows, 4 steps"]})
+        console._worker_lines({"pid": 7, "actor_name": "RayTrainWorker", "lines": ["train: 100%|██████████| 4/4",
+                                                                                  "train: done"]})
+        err = capsys.readouterr().err
+        assert err == ("\rtrain:   0%|          | 0/4\ntrain: 4 rows, 4 steps\n"
+                       "\rtrain: 100%|██████████| 4/4\ntrain: done\n")
+    finally:
+        console.setup(verbose=True)
+        logging.getLogger().handlers = []
+
+
 def test_libraries_progress_bars_go_to_the_log_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from tqdm import tqdm
 

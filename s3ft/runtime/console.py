@@ -22,7 +22,7 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 OWN_WORKER_PREFIX = "train: "  # what the training rank prints for the person at the console
 WORKER_HANDLER = "ray_print_logs"  # the name Ray registers its printer of worker output under
 
-_state: dict[str, Any] = {"verbose": True, "file": None}
+_state: dict[str, Any] = {"verbose": True, "file": None, "bar_open": False}
 worker_log = logging.getLogger("workers")  # not under "ray": Ray's logger does not propagate
 library_log = logging.getLogger("libraries")
 
@@ -44,7 +44,7 @@ def setup(verbose: bool) -> None:
         console.addFilter(_OwnLines())
     root.handlers = [console]
     logging.captureWarnings(True)
-    _state.update(verbose=verbose, file=None)
+    _state.update(verbose=verbose, file=None, bar_open=False)
 
 
 def log_to(run_dir: str | Path) -> Path:
@@ -99,7 +99,11 @@ def _worker_lines(batch: dict[str, Any]) -> None:
         if text.startswith(OWN_WORKER_PREFIX):
             bar = "%|" in text  # Ray hands over each redraw as a line: redraw it in place, as tqdm would
             end = "\n" if not bar or text.startswith(f"{OWN_WORKER_PREFIX}100%") else ""
-            print(f"\r{text}" if bar else text, end=end, file=sys.stderr, flush=True)
+            # Ray tails a worker's stdout and stderr apart, so a line can arrive while the bar is still
+            # being redrawn: it starts a line of its own rather than being glued to the bar's tail.
+            start = "\r" if bar else "\n" if _state["bar_open"] else ""
+            print(f"{start}{text}", end=end, file=sys.stderr, flush=True)
+            _state["bar_open"] = not end
         else:
             worker_log.info("(%s pid=%s) %s", who, batch.get("pid"), line)
 

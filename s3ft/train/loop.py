@@ -130,12 +130,13 @@ def _setup(spec: WorkerSpec, cfg: TrainConfig, run_dir: Path, rank: int, world: 
     if rank == 0:
         n_params = count_parameters(engine.module)
         # Written, not print()ed: under Ray Train, print() goes to its logger and to the stream both, so the
-        # line reached the console twice.
-        sys.stdout.write(f"train: {len(data)} rows ({len(eval_data) if eval_data else 0} held out), {len(steps)} "
+        # line reached the console twice. On stderr, beside the bar: Ray forwards each stream on its own, so
+        # only one stream keeps the two in order.
+        sys.stderr.write(f"train: {len(data)} rows ({len(eval_data) if eval_data else 0} held out), {len(steps)} "
                          f"steps from step {start}, {world} rank(s), {'packed' if cfg.packing else 'padded'} micro "
                          f"batches of <= {cfg.micro_batch_tokens} tokens, {n_params / 1e6:.1f}M parameters, "
                          f"collective timeout {cfg.collective_timeout_s} s on {n_groups} process group(s)\n")
-        sys.stdout.flush()
+        sys.stderr.flush()
     return Session(spec, cfg, run_dir, rank, world, device, data, eval_data, steps, tokenizer, pad_id, engine,
                    scheduler, zero3_handle, flops, start,
                    {"world_size": world, "plan": fingerprint, "total_steps": len(steps)})
