@@ -12,7 +12,9 @@ neither always runs in the other's wake), and gives one ratio: bare's time / our
 `--prompts` (512 and 4,096 by default) prints the median rates and the per-repeat ratios; its
 `ratio_N` is the median of those ratios (a pair shares the machine's state of the moment, so drift
 in its speed over minutes cancels within a pair but not across the medians of separate runs; the
-ratio of the median rates is printed beside it). The last line is `ratio=X`, the lower of the two.
+ratio of the median rates is printed beside it), with a 90% bootstrap interval of that median (on a
+shared machine the interval, not the point, says whether the goal is met). The last line is
+`ratio=X`, the lower of the two.
 
     python benchmarks/bench_generation.py [--prompts 512 4096 --max-tokens 64 --shard-size 64 --in-flight N]
 """
@@ -79,6 +81,15 @@ def timed(run: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - start, result
 
 
+def median_interval(ratios: list[float], level: float = 0.9) -> tuple[float, float]:
+    """A percentile bootstrap interval of the median ratio: how far the machine's drift leaves it open."""
+    from scipy.stats import bootstrap
+
+    found = bootstrap((ratios,), statistics.median, confidence_level=level, method="percentile", vectorized=False,
+                      n_resamples=2000, rng=0)
+    return found.confidence_interval.low, found.confidence_interval.high
+
+
 def paired(ours: Callable[[], Any], bare: Callable[[], Any], *, ours_first: bool) -> tuple[Any, Any]:
     """One timed run of each, back to back: (ours, bare) as `timed` gives them."""
     if ours_first:
@@ -96,7 +107,7 @@ def main() -> None:
     parser.add_argument("--in-flight", type=int, default=None, help="shards in flight per engine (ours); "
                         "default: from the engine's limits")
     parser.add_argument("--cpus", type=int, default=1, help="CPUs of the engine's placement group")
-    parser.add_argument("--repeats", type=int, default=6, help="timed pairs; the median ratio counts (an even "
+    parser.add_argument("--repeats", type=int, default=12, help="timed pairs; the median ratio counts (an even "
                         "count runs each side first equally often)")
     args = parser.parse_args()
 
@@ -153,6 +164,8 @@ def main() -> None:
             print(f"  same greedy text: {same}/{count}")
             print(f"  per-repeat ratios: {', '.join(f'{r:.3f}' for r in each)}; "
                   f"ratio of the median rates: {ours_rate / bare_rate:.3f}")
+            low, high = median_interval(each)
+            print(f"  median ratio {statistics.median(each):.3f}, 90% bootstrap interval {low:.3f}-{high:.3f}")
             print(f"ratio_{count}={statistics.median(each):.3f}")
             ratios.append(statistics.median(each))
     ray.kill(bare)
