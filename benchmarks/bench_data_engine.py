@@ -10,13 +10,19 @@ size set how long generation takes against judging: the defaults make them compa
 2-core development machine, and the script prints both (the staged run's seconds per stage), so a
 reader sees the balance the ratio was measured at.
 
+`--max-num-seqs` (vLLM's limit on the sequences an engine runs at once; the pool holds twice that)
+sets how many engine batches the data is; unset, vLLM's default (256) holds these rows in one batch,
+where a real run is many batches (7,473 GSM8K rows at 256 are 29). Both modes run with the same
+value. On the development machine 32 (5 batches of the 164 rows) measured within the spread of 256:
+both cores are busy while judging and generation overlap, so the CPUs, not the batches, set the gain.
+
 Both modes run the same command on the same local Ray cluster (started here, `--cpus` CPUs: one
 for the engine, the rest for the judge), alternating, each in a fresh run directory; the first run
 of each is a warm-up (`--warmups`). Printed: the median wall-clock of each mode over `--repeats` with the spread,
 the time of the four steps alone (from the manifests), and last `ratio=X` (staged / streamed
 wall-clock, medians).
 
-    python benchmarks/bench_data_engine.py [--copies 2 --max-tokens 128 --hidden-size 256 --layers 2 --repeats 3]
+    python benchmarks/bench_data_engine.py [--copies 2 --max-tokens 128 --max-num-seqs 32 --repeats 3]
 """
 
 from __future__ import annotations
@@ -55,7 +61,7 @@ def config(work: Path, out: Path, args: argparse.Namespace, stream: bool) -> Pat
         "model": {"path": str(work / "model"), "dtype": "float32"},
         "data": {"path": str(work / "rows.jsonl"), "task": "humaneval"},
         "generation": {"backend": "vllm", "max_tokens": args.max_tokens, "shard_size": args.shard_size,
-                       "enforce_eager": True, "stream": stream},
+                       "max_num_seqs": args.max_num_seqs, "enforce_eager": True, "stream": stream},
         "judge": {"kind": "code", "options": {"timeout_s": 5}},
         "selection": {"strategy": "s3ft"},
     }
@@ -92,6 +98,8 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=2, help="copies of the 164 HumanEval problems")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--shard-size", type=int, default=32)
+    parser.add_argument("--max-num-seqs", type=int, default=None, help="the engine's batch (vLLM's max_num_seqs); "
+                        "unset: vLLM's default")
     parser.add_argument("--hidden-size", type=int, default=256)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--cpus", type=int, default=os.cpu_count() or 2, help="CPUs of the local Ray cluster")
@@ -125,7 +133,8 @@ def main() -> None:
     generation = [p["generate"] + p["paraphrase"] for p in parts]
     judging = [p["judge"] + p["judge_paraphrase"] for p in parts]
     print(f"rows={rows} (HumanEval x{args.copies}) shard_size={args.shard_size} max_tokens={args.max_tokens} "
-          f"model=tiny llama hidden {args.hidden_size} x {args.layers} layers, 1 vllm engine, code judge, "
+          f"model=tiny llama hidden {args.hidden_size} x {args.layers} layers, 1 vllm engine "
+          f"(max_num_seqs={args.max_num_seqs or 'vllm default'}), code judge, "
           f"cpus={args.cpus} repeats={args.repeats}")
     print(f"staged   s3ft data wall-clock: {spread(times[False])}; the four steps: {spread(steps[False])}")
     print(f"streamed s3ft data wall-clock: {spread(times[True])}; the four steps: {spread(steps[True])}")

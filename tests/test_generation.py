@@ -226,14 +226,18 @@ def test_pool_serves_a_new_stream_after_one_was_abandoned(hf_pool: GenerationPoo
 
 
 @pytest.mark.slow
-def test_shutdown_hands_back_cpus_and_stops_engine_processes(ray_session: None, memorized_model_dir: Path) -> None:
+def test_engine_runs_with_its_settings_and_shutdown_hands_back_cpus_and_processes(
+    ray_session: None, memorized_model_dir: Path
+) -> None:
     import ray
 
     before = cpus_free()
     model = ModelConfig(path=str(memorized_model_dir), max_model_len=256)
-    gen = GenerationConfig(backend="vllm", cpus_per_engine=2, cpu_kvcache_gib=0.25)
+    gen = GenerationConfig(backend="vllm", cpus_per_engine=2, cpu_kvcache_gib=0.25, max_num_seqs=8)
     pool = GenerationPool(model, gen, backend_options=EAGER)
     assert wait_for(lambda: cpus_free() == before - 2)
+    (limits,) = pool.limits
+    assert limits is not None and limits.max_num_seqs == 8  # vLLM's scheduler runs what the config says
     actor = psutil.Process(ray.get(pool.actors[0].__ray_call__.remote(lambda _: os.getpid())))
     # vLLM's engine core (and, on CPU, its executor) runs in the actor's own process: no child to outlive it
     assert actor.children(recursive=True) == []

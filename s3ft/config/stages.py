@@ -58,6 +58,10 @@ class GenerationConfig(Section):
     gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0)
     cpu_kvcache_gib: float = Field(1.0, gt=0.0, description="vLLM on CPU: KV cache size in GiB (exact, may be fractional).")
     enforce_eager: bool = Field(False, description="vLLM: skip graph capture/compilation (faster start, slower decode).")
+    max_num_seqs: int | None = Field(
+        None, gt=0, description="vLLM: sequences an engine runs at once (its scheduler's limit); none: vLLM's "
+        "default (256). Also sets the rows in flight per engine (twice this, or fewer where the KV cache binds).",
+    )
     shards_in_flight: int | None = Field(
         None, gt=0, description="Shards per engine at once; none: as many as the engine can run (vLLM's "
         "max_num_seqs and KV cache, reported when it starts), 2 for hf.",

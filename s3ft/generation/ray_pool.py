@@ -207,6 +207,8 @@ class GenerationPool:
                 "cpu_kvcache_gib": self.gen.cpu_kvcache_gib,
                 "enforce_eager": self.gen.enforce_eager,
             }
+            if self.gen.max_num_seqs is not None:
+                options["max_num_seqs"] = self.gen.max_num_seqs
             if self.gen.tensor_parallel_size > 1:
                 options["distributed_executor_backend"] = "ray"  # TP workers go into this engine's bundles
         return options | self._extra_options
