@@ -60,7 +60,8 @@ class GenerationConfig(Section):
     enforce_eager: bool = Field(False, description="vLLM: skip graph capture/compilation (faster start, slower decode).")
     max_num_seqs: int | None = Field(
         None, gt=0, description="vLLM: sequences an engine runs at once (its scheduler's limit); none: vLLM's "
-        "default (256). Also sets the rows in flight per engine (twice this, or fewer where the KV cache binds).",
+        "default for the device (256 on CPU and most GPUs). Also sets the rows in flight per engine (twice "
+        "this, or fewer where the KV cache binds).",
     )
     shards_in_flight: int | None = Field(
         None, gt=0, description="Shards per engine at once; none: as many as the engine can run (vLLM's "
