@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import random
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -35,8 +37,31 @@ def run(tmp_path_factory, ray_session):
     cfg = TrainConfig(launcher="ray", num_workers=2, max_steps=6, lr=1e-2, warmup_ratio=0.0, max_seq_len=48,
                       micro_batch_tokens=256, eval_fraction=0.1, export_dtype="float32", report_to=["jsonl"],
                       lora={"r": 4, "alpha": 8, "dropout": 0.05, "target_modules": ["q_proj", "v_proj", "o_proj"]})
+    ctrl_c = signal.getsignal(signal.SIGINT)
     model_dir = train(run_dir, str(base), cfg)
-    return {"base": base, "run_dir": run_dir, "model_dir": model_dir}
+    return {"base": base, "run_dir": run_dir, "model_dir": model_dir, "ctrl_c": ctrl_c}
+
+
+def test_a_finished_run_leaves_no_controller_and_ctrl_c_as_it_was(run):
+    """Ray Train's `fit` installs a Ctrl-C handler holding its controller: kept, it kept the controller's
+    process alive until the command ended (one more per run of a sweep)."""
+    assert signal.getsignal(signal.SIGINT) is run["ctrl_c"]
+    deadline = time.monotonic() + 30  # Ray ends an actor whose last handle is gone within moments
+    while (controllers := _processes_titled("ray::TrainController")) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not controllers
+
+
+def _processes_titled(title: str) -> list[int]:
+    """Processes whose title (what Ray sets for an actor's worker) starts with `title`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(title.encode()):
+                found.append(int(proc.name))
+        except OSError:  # it ended meanwhile
+            continue
+    return found
 
 
 def test_adapter_is_saved_and_trained(run):

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from s3ft.config.train import TrainConfig
@@ -81,7 +84,7 @@ def launch_ray(spec: WorkerSpec, cfg: TrainConfig) -> None:
         run_config=RunConfig(name="train", storage_path=str(Path(spec.run_dir) / "ray")),
     )
     try:
-        with watchdog("train"):  # ranks that Ray cannot place (a node gone, a cluster too small) are named
+        with watchdog("train"), _sigint_kept():  # ranks Ray cannot place (a node gone, a cluster too small) are named
             trainer.fit()
     except WorkerGroupError as exc:
         ranks = ", ".join(f"rank {r}: {_cause(e)}" for r, e in sorted(exc.worker_failures.items()))
@@ -92,6 +95,21 @@ def launch_ray(spec: WorkerSpec, cfg: TrainConfig) -> None:
         raise training_failed(spec, _lost_nodes(spec) + str(exc).splitlines()[0]) from exc
     except RayError as exc:  # the controller itself lost, with the node the driver attached to
         raise training_failed(spec, f"{_lost_nodes(spec)}Ray Train's controller was lost ({_cause(exc)})") from exc
+
+
+@contextmanager
+def _sigint_kept() -> Iterator[None]:
+    """Ctrl-C's handler as it was before `fit`. Ray Train's `fit` installs its own, which holds the training
+    controller's actor handle: left in place, it kept that actor (a `ray::TrainController` process) alive
+    until the command ended, one more for every run of a sweep, and a Ctrl-C after training (during the
+    evaluation, say) went to that finished controller instead of stopping the command."""
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    finally:
+        # `fit` installs its handler only on the main thread; None: the one before was not set from Python
+        if before is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, before)
 
 
 def _lost_nodes(spec: WorkerSpec, wait_s: float = 0) -> str:
