@@ -34,11 +34,22 @@ class _OwnLines(logging.Filter):
         return record.name.split(".")[0] == "s3ft" or record.levelno >= logging.ERROR
 
 
+class _Console(logging.StreamHandler):
+    """The console's handler: a record that comes while the training bar's line is open (the bar is
+    redrawn in place, without a newline) starts a line of its own rather than being glued to the bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if _state["bar_open"]:
+            self.stream.write("\n")
+            _state["bar_open"] = False
+        super().emit(record)
+
+
 def setup(verbose: bool) -> None:
     """Console logging for a command: everything with `verbose`, else s3ft's own lines only."""
     root = logging.getLogger()
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    console = logging.StreamHandler(sys.stderr)
+    console = _Console(sys.stderr)
     console.setFormatter(logging.Formatter(FORMAT))
     if not verbose:
         console.addFilter(_OwnLines())
