@@ -9,6 +9,7 @@ import signal
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -53,15 +54,8 @@ def test_a_finished_run_leaves_no_controller_and_ctrl_c_as_it_was(run):
 
 
 def _processes_titled(title: str) -> list[int]:
-    """Processes whose title (what Ray sets for an actor's worker) starts with `title`."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(title.encode()):
-                found.append(int(proc.name))
-        except OSError:  # it ended meanwhile
-            continue
-    return found
+    """Live processes whose title (what Ray sets for an actor's worker) starts with `title`."""
+    return [p.pid for p in psutil.process_iter(["cmdline"]) if " ".join(p.info["cmdline"] or []).startswith(title)]
 
 
 def test_adapter_is_saved_and_trained(run):

@@ -39,10 +39,14 @@ class _Console(logging.StreamHandler):
     redrawn in place, without a newline) starts a line of its own rather than being glued to the bar."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        if _state["bar_open"]:
-            self.stream.write("\n")
-            _state["bar_open"] = False
+        self.stream.write(_close_bar())
         super().emit(record)
+
+
+def _close_bar() -> str:
+    """What ends the training bar's line where it is open ("\\n", and it is then closed), else ""."""
+    was_open, _state["bar_open"] = _state["bar_open"], False
+    return "\n" if was_open else ""
 
 
 def setup(verbose: bool) -> None:
@@ -112,7 +116,7 @@ def _worker_lines(batch: dict[str, Any]) -> None:
             end = "\n" if not bar or text.startswith(f"{OWN_WORKER_PREFIX}100%") else ""
             # Ray tails a worker's stdout and stderr apart, so a line can arrive while the bar is still
             # being redrawn: it starts a line of its own rather than being glued to the bar's tail.
-            start = "\r" if bar else "\n" if _state["bar_open"] else ""
+            start = "\r" if bar else _close_bar()
             print(f"{start}{text}", end=end, file=sys.stderr, flush=True)
             _state["bar_open"] = not end
         else:
