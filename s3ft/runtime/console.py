@@ -38,9 +38,8 @@ class _Console(logging.StreamHandler):
     """The console's handler: a record that comes while the training bar's line is open (the bar is
     redrawn in place, without a newline) starts a line of its own rather than being glued to the bar."""
 
-    def emit(self, record: logging.LogRecord) -> None:
-        self.stream.write(_close_bar())
-        super().emit(record)
+    def format(self, record: logging.LogRecord) -> str:
+        return _close_bar() + super().format(record)  # inside `emit`, whose errors the handler reports itself
 
 
 def _close_bar() -> str:
