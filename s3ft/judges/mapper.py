@@ -9,12 +9,22 @@ with their node, is sent again, up to `SEND_ATTEMPTS` times.
 Judges that run in the driver (the code judge spreads its programs itself, the LLM judge owns engines)
 judge `batches_at_once` shards at a time in threads, so the event loop that feeds the engines never
 waits on them.
+
+The judging steps of one stream (the responses', then the paraphrases') share those slots where their
+judges take the cluster's CPUs (`Judge.on_cluster_cpus`: all but the LLM judge, whose engines are
+each step's own), and a free one goes to the earlier step's shard first: its verdicts decide what
+the engines paraphrase next, while the last step's feed nothing, so judging those first would leave
+the engines waiting and the last paraphrases to be generated and judged after everything else.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any, Self
 
 from s3ft.config import JudgeConfig
@@ -27,19 +37,72 @@ log = logging.getLogger(__name__)
 Rows = list[dict[str, Any]]
 
 
+class Slots:
+    """Shards judged at once, shared by judging steps: a slot that frees goes to the waiting shard of
+    the lowest `rank`, first come first served within a rank. Made again for each event loop (a staged
+    run has a loop per step)."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._free = 0
+        self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []  # a heap
+        self._arrivals = itertools.count()
+
+    def _on(self, count: int) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self._loop, self._free, self._waiting = loop, count, []
+
+    def free(self, count: int) -> bool:
+        """Would a shard start at once? `count`: the slots, set by the first caller in each loop."""
+        self._on(count)
+        return self._free > 0 and not self._waiting
+
+    @asynccontextmanager
+    async def held(self, rank: int, count: int) -> AsyncIterator[None]:
+        self._on(count)
+        if self._free > 0 and not self._waiting:
+            self._free -= 1
+        else:
+            future = self._loop.create_future()  # type: ignore[union-attr]
+            heapq.heappush(self._waiting, (rank, next(self._arrivals), future))
+            try:
+                await future  # the releaser hands its slot over: `_free` stays as it was
+            except asyncio.CancelledError:
+                if future.done() and not future.cancelled():  # the slot was handed over as it was cancelled
+                    self._release()
+                raise
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        while self._waiting:
+            _, _, future = heapq.heappop(self._waiting)
+            if not future.done():  # else its caller gave up
+                future.set_result(None)
+                return
+        self._free += 1
+
+
 class JudgeInto:
     """Judge each response in `field` (a list, or one text, or None) into `verdict_field`.
 
     A context manager: the judge is built on first use and closed on exit (it may hold engines).
-    `lender`: the engines' CPUs, for judge tasks when no other CPU is free.
+    `lender`: the engines' CPUs, for judge tasks when no other CPU is free. `after`: an earlier
+    judging step of the same stream, whose slots this one shares and yields to where its judge takes
+    the cluster's CPUs (see above).
     """
 
-    def __init__(self, cfg: JudgeConfig, field: str, verdict_field: str, lender: Lender | None = None) -> None:
+    def __init__(self, cfg: JudgeConfig, field: str, verdict_field: str, lender: Lender | None = None,
+                 after: JudgeInto | None = None) -> None:
         self.cfg, self.field, self.verdict_field, self.lender = cfg, field, verdict_field, lender
         self._judge: Judge | None = None
         self._remote: Any = None  # judge_rows as a Ray task
         self._sent = 0
-        self._slots: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
+        self._after, self._rank = after, 0 if after is None else after._rank + 1
+        self._own_slots: Slots | None = None
 
     def __enter__(self) -> Self:
         return self
@@ -60,19 +123,20 @@ class JudgeInto:
 
         return ray.is_initialized() and not self._get_judge().runs_in_driver
 
-    def _semaphore(self) -> asyncio.Semaphore:
-        """Shards judged at once (one semaphore per event loop: a staged run has a loop per step)."""
-        loop = asyncio.get_running_loop()
-        if self._slots is None or self._slots[0] is not loop:
-            if self._on_ray():
-                count = 2 * (self.cfg.num_workers or max(1, cpus(borrow(self.lender))))
-            else:
-                count = self._get_judge().batches_at_once
-            self._slots = (loop, asyncio.Semaphore(count))
-        return self._slots[1]
+    def _count(self) -> int:
+        """Shards judged at once: two per CPU the judge tasks may take on Ray, else the judge's own figure."""
+        if self._on_ray():
+            return 2 * (self.cfg.num_workers or max(1, cpus(borrow(self.lender))))
+        return self._get_judge().batches_at_once
+
+    def _slots(self) -> Slots:
+        if self._after is not None and self._get_judge().on_cluster_cpus:
+            return self._after._slots()
+        self._own_slots = self._own_slots or Slots()
+        return self._own_slots
 
     def ready(self) -> bool:
-        return not self._semaphore().locked()
+        return self._slots().free(self._count())
 
     async def __call__(self, index: int, rows: Rows) -> Rows:
         requests = [{**row, "response": r} for row in rows for r in _responses(row[self.field])]
@@ -84,7 +148,7 @@ class JudgeInto:
         return rows
 
     async def _judge_rows(self, requests: Rows) -> Rows:
-        async with self._semaphore():
+        async with self._slots().held(self._rank, self._count()):
             if self._on_ray():
                 return await self._judge_on_ray(requests)
             judge = self._get_judge()
@@ -124,8 +188,9 @@ class JudgeInto:
                 raise TaskCancelledError()
 
 
-def judge_into(cfg: JudgeConfig, field: str, verdict_field: str, lender: Lender | None = None) -> JudgeInto:
-    return JudgeInto(cfg, field, verdict_field, lender)
+def judge_into(cfg: JudgeConfig, field: str, verdict_field: str, lender: Lender | None = None,
+               after: JudgeInto | None = None) -> JudgeInto:
+    return JudgeInto(cfg, field, verdict_field, lender, after)
 
 
 def _responses(value: list[str] | str | None) -> list[str]:

@@ -89,10 +89,11 @@ def _self_and_paraphrase(
 
     with contextlib.ExitStack() as stack:
         pool = lazy_pool(stack, cfg.model.model_copy(update={"path": model_path}), gen, (Path(cfg.output_dir), "generate"))
+        judge = stack.enter_context(judge_into(cfg.judge, "responses", "verdicts", pool.cpu_slots))
         steps = [
             Step("generate", generated, GenerateInto(pool, sampling, "responses",
                                                      lambda row: render_prompt(tokenizer, row["messages"]))),
-            Step("judge", judged, stack.enter_context(judge_into(cfg.judge, "responses", "verdicts", pool.cpu_slots))),
+            Step("judge", judged, judge),
         ]
         if cfg.selection.strategy == "s3ft":
             greedy_one = replace(sampling, n=1)
@@ -109,11 +110,12 @@ def _self_and_paraphrase(
                 return render_prompt(tokenizer, messages)
 
             # Priority over new shards: a failed row's paraphrase takes the next free room in the engines.
+            # Its judging yields to the responses': their verdicts are what the engines paraphrase next.
             steps += [
                 Step("paraphrase", paraphrased,
                      GenerateInto(pool, greedy_one, "paraphrase", paraphrase_prompt, first=True, priority=1)),
-                Step("judge paraphrase", para_judged,
-                     stack.enter_context(judge_into(cfg.judge, "paraphrase", "paraphrase_verdict", pool.cpu_slots))),
+                Step("judge paraphrase", para_judged, stack.enter_context(
+                    judge_into(cfg.judge, "paraphrase", "paraphrase_verdict", pool.cpu_slots, after=judge))),
             ]
         return run_steps(loaded, steps, stream=gen.stream)
 

@@ -1,0 +1,76 @@
+"""The judging steps' shared slots: a freed slot goes to the earlier step's shard first."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from s3ft.config import JudgeConfig
+from s3ft.judges.mapper import JudgeInto, Slots
+
+
+async def _take(slots: Slots, rank: int, order: list[str], name: str, release: asyncio.Event) -> None:
+    async with slots.held(rank, 1):
+        order.append(name)
+        await release.wait()
+
+
+def test_a_freed_slot_goes_to_the_lowest_rank_then_first_come():
+    async def main() -> list[str]:
+        slots, order, release = Slots(), [], asyncio.Event()
+        holder = asyncio.create_task(_take(slots, 0, order, "holder", release))
+        await asyncio.sleep(0)
+        assert not slots.free(1)
+        waiters = [asyncio.create_task(_take(slots, rank, order, name, release))
+                   for rank, name in ((1, "paraphrase a"), (0, "response a"), (1, "paraphrase b"), (0, "response b"))]
+        await asyncio.sleep(0)
+        release.set()
+        await asyncio.gather(holder, *waiters)
+        assert slots.free(1)
+        return order
+
+    assert asyncio.run(main()) == ["holder", "response a", "response b", "paraphrase a", "paraphrase b"]
+
+
+def test_a_waiter_cancelled_gives_its_turn_on_and_no_slot_is_lost():
+    async def main() -> tuple[list[str], bool]:
+        slots, order, release = Slots(), [], asyncio.Event()
+        holder = asyncio.create_task(_take(slots, 0, order, "holder", release))
+        await asyncio.sleep(0)
+        gone = asyncio.create_task(_take(slots, 0, order, "gone", release))
+        later = asyncio.create_task(_take(slots, 1, order, "later", release))
+        await asyncio.sleep(0)
+        gone.cancel()
+        release.set()
+        await asyncio.gather(holder, later)
+        return order, slots.free(1) and gone.cancelled()
+
+    assert asyncio.run(main()) == (["holder", "later"], True)
+
+
+def test_each_event_loop_gets_its_own_slots():
+    """A staged run judges each step in an event loop of its own: nothing held carries over."""
+    slots = Slots()
+
+    async def hold_and_leave() -> None:
+        await slots.held(0, 1).__aenter__()  # never released: its loop ends with it held
+
+    asyncio.run(hold_and_leave())
+
+    async def fresh() -> bool:
+        return slots.free(1)
+
+    assert asyncio.run(fresh())
+
+
+@pytest.mark.parametrize(("judge", "shared"), [
+    ({"kind": "code"}, True),  # both steps' programs run on the cluster's CPUs
+    ({"kind": "math"}, True),
+    ({"kind": "llm", "llm": {"model": {"path": "m"}}}, False),  # each step's judge starts engines of its own
+])
+def test_the_paraphrases_judging_shares_the_responses_slots_where_both_take_the_clusters_cpus(judge, shared):
+    cfg = JudgeConfig.model_validate(judge)
+    responses = JudgeInto(cfg, "responses", "verdicts")
+    paraphrases = JudgeInto(cfg, "paraphrase", "paraphrase_verdict", after=responses)
+    assert (paraphrases._slots() is responses._slots()) is shared
