@@ -70,6 +70,29 @@ def test_a_line_that_arrives_while_the_bar_is_open_starts_a_line_of_its_own(
         logging.getLogger().handlers = []
 
 
+STATUS_TABLE = ["======== Autoscaler status: 2026-12-05 01:25:46.926114 ========", "Node status",
+                "Active:", " 1 node_1859ad0129a3bddec8ae035c6187fd56d31ffbdbb3f272de177074ba", "Resources",
+                "Total Usage:", " 0.0/2.0 CPU", "Pending Demands:", " (no resource demands)"]
+
+
+def test_the_autoscalers_status_table_stays_out_of_the_log(tmp_path: Path, ray_session: None) -> None:
+    """Ray hands the driver the autoscaler's status table every 5 s; written to the log, it made 60-90 %
+    of a run's lines. Its events are kept, as Ray's own printer keeps them; other workers' lines all."""
+    console.setup(verbose=False)
+    try:
+        path = console.log_to(tmp_path / "run")
+        console._worker_lines({"pid": "autoscaler", "lines": STATUS_TABLE})
+        console._worker_lines({"pid": 7, "actor_name": "_EngineActor", "lines": STATUS_TABLE[:2]})
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        log = path.read_text()
+        assert "pid=autoscaler" not in log
+        assert log.count("(_EngineActor pid=7)") == 2
+    finally:
+        console.setup(verbose=True)
+        logging.getLogger().handlers = []
+
+
 def test_libraries_progress_bars_go_to_the_log_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from tqdm import tqdm
 
@@ -126,6 +149,7 @@ def test_console_is_quiet_and_verbose_brings_everything_back(tmp_path: Path, tin
     assert "Started a local Ray instance" not in shown and "Started a local Ray instance" in log
     assert re.search(r"\(_EngineActor pid=\d+\)", log)  # the engine's output went to the file
     assert CLEANER not in shown and CLEANER not in log  # the cause is gone, not just hidden
+    assert "Autoscaler status" not in log  # Ray's status table every 5 s: once most of the log
 
     # fresh test rows (limit 3), so an engine starts again
     again = _s3ft("-v", "eval", config, *base_only, "--set", "eval.base_cache=false", "--set", "eval.limit=3")

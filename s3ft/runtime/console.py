@@ -108,7 +108,7 @@ def route_worker_output() -> None:
 
 def _worker_lines(batch: dict[str, Any]) -> None:
     who = batch.get("actor_name") or batch.get("task_name") or "worker"
-    for line in batch.get("lines", []):
+    for line in _autoscaler_events(batch) if batch.get("pid") == "autoscaler" else batch.get("lines", []):
         text = line.split("\r")[-1]  # a progress bar redraws after a carriage return
         if text.startswith(OWN_WORKER_PREFIX):
             bar = "%|" in text  # Ray hands over each redraw as a line: redraw it in place, as tqdm would
@@ -120,6 +120,17 @@ def _worker_lines(batch: dict[str, Any]) -> None:
             _state["bar_open"] = not end
         else:
             worker_log.info("(%s pid=%s) %s", who, batch.get("pid"), line)
+
+
+def _autoscaler_events(batch: dict[str, Any]) -> list[str]:
+    """Of the autoscaler's output, its events (a node added, demands it cannot meet), as Ray's own printer
+    keeps: the rest is its status table, every 5 s, which made most of a run's log."""
+    from ray._private.worker import filter_autoscaler_events
+
+    try:
+        return list(filter_autoscaler_events(batch.get("lines", [])))
+    except AssertionError:  # it asks the GCS which autoscaler runs: no connection left (Ray shutting down)
+        return batch.get("lines", [])
 
 
 @contextlib.contextmanager
