@@ -10,8 +10,12 @@ from s3ft.config import JudgeConfig
 from s3ft.judges.mapper import JudgeInto, Slots
 
 
+def ONE() -> int:  # noqa: N802  the slots' count, asked once per event loop
+    return 1
+
+
 async def _take(slots: Slots, rank: int, order: list[str], name: str, release: asyncio.Event) -> None:
-    async with slots.held(rank, 1):
+    async with slots.held(rank, ONE):
         order.append(name)
         await release.wait()
 
@@ -21,13 +25,13 @@ def test_a_freed_slot_goes_to_the_lowest_rank_then_first_come():
         slots, order, release = Slots(), [], asyncio.Event()
         holder = asyncio.create_task(_take(slots, 0, order, "holder", release))
         await asyncio.sleep(0)
-        assert not slots.free(1)
+        assert not slots.free(ONE)
         waiters = [asyncio.create_task(_take(slots, rank, order, name, release))
                    for rank, name in ((1, "paraphrase a"), (0, "response a"), (1, "paraphrase b"), (0, "response b"))]
         await asyncio.sleep(0)
         release.set()
         await asyncio.gather(holder, *waiters)
-        assert slots.free(1)
+        assert slots.free(ONE)
         return order
 
     assert asyncio.run(main()) == ["holder", "response a", "response b", "paraphrase a", "paraphrase b"]
@@ -44,7 +48,7 @@ def test_a_waiter_cancelled_gives_its_turn_on_and_no_slot_is_lost():
         gone.cancel()
         release.set()
         await asyncio.gather(holder, later)
-        return order, slots.free(1) and gone.cancelled()
+        return order, slots.free(ONE) and gone.cancelled()
 
     assert asyncio.run(main()) == (["holder", "later"], True)
 
@@ -54,12 +58,12 @@ def test_each_event_loop_gets_its_own_slots():
     slots = Slots()
 
     async def hold_and_leave() -> None:
-        await slots.held(0, 1).__aenter__()  # never released: its loop ends with it held
+        await slots.held(0, ONE).__aenter__()  # never released: its loop ends with it held
 
     asyncio.run(hold_and_leave())
 
     async def fresh() -> bool:
-        return slots.free(1)
+        return slots.free(ONE)
 
     assert asyncio.run(fresh())
 

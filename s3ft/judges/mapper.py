@@ -23,7 +23,7 @@ import asyncio
 import heapq
 import itertools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Self
 
@@ -48,18 +48,19 @@ class Slots:
         self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []  # a heap
         self._arrivals = itertools.count()
 
-    def _on(self, count: int) -> None:
+    def _on(self, count: Callable[[], int]) -> None:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
-            self._loop, self._free, self._waiting = loop, count, []
+            self._loop, self._free, self._waiting = loop, count(), []
 
-    def free(self, count: int) -> bool:
-        """Would a shard start at once? `count`: the slots, set by the first caller in each loop."""
+    def free(self, count: Callable[[], int]) -> bool:
+        """Would a shard start at once? `count`: the slots, asked once per loop, of its first caller (on Ray
+        it asks the cluster, which is not for every shard)."""
         self._on(count)
         return self._free > 0 and not self._waiting
 
     @asynccontextmanager
-    async def held(self, rank: int, count: int) -> AsyncIterator[None]:
+    async def held(self, rank: int, count: Callable[[], int]) -> AsyncIterator[None]:
         self._on(count)
         if self._free > 0 and not self._waiting:
             self._free -= 1
@@ -136,7 +137,7 @@ class JudgeInto:
         return self._own_slots
 
     def ready(self) -> bool:
-        return self._slots().free(self._count())
+        return self._slots().free(self._count)
 
     async def __call__(self, index: int, rows: Rows) -> Rows:
         requests = [{**row, "response": r} for row in rows for r in _responses(row[self.field])]
@@ -148,7 +149,7 @@ class JudgeInto:
         return rows
 
     async def _judge_rows(self, requests: Rows) -> Rows:
-        async with self._slots().held(self._rank, self._count()):
+        async with self._slots().held(self._rank, self._count):
             if self._on_ray():
                 return await self._judge_on_ray(requests)
             judge = self._get_judge()
