@@ -45,6 +45,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from s3ft.runtime.ports import free_port
 from tests import multinode
 
 BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "srun", "sinfo", "squeue", "scancel", "scontrol")
@@ -122,14 +123,14 @@ def _write_config(root: Path, nodes: dict[str, str], cpus: int, memory_mb: int) 
     key = root / "munge" / "munge.key"
     key.write_bytes(os.urandom(1024))
     key.chmod(0o400)
-    node_lines = "".join(f"NodeName={name} NodeAddr={addr} Port={multinode.free_port()} CPUs={cpus} "
+    node_lines = "".join(f"NodeName={name} NodeAddr={addr} Port={free_port()} CPUs={cpus} "
                          f"RealMemory={memory_mb} State=UNKNOWN\n" for name, addr in nodes.items())
     conf = root / "slurm.conf"
     # %n in the slurmd paths is the NodeName: each node's spool, pid and log files are its own.
     conf.write_text(f"""\
 ClusterName=s3fttest
 SlurmctldHost={socket.gethostname().split(".")[0]}(127.0.0.1)
-SlurmctldPort={multinode.free_port()}
+SlurmctldPort={free_port()}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -22,16 +21,11 @@ import pytest
 
 from s3ft.judges.base import Verdict
 from s3ft.judges.llm import LLMJudge
+from s3ft.runtime.ports import free_port
 
 pytestmark = pytest.mark.slow
 
 START_TIMEOUT_S = 900  # vLLM on a busy 2-core machine took 20 s to 4 minutes to start
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextmanager

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from s3ft.config import RayConfig
-from s3ft.train.launch import free_port
+from s3ft.runtime.ports import free_port
 
 # Start s3ft's local cluster with the dashboard on, then list who listens on the dashboard's port.
 LISTENERS = """

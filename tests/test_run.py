@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from s3ft.train.launch import free_port
+from s3ft.runtime.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "configs" / "data" / "gsm8k_sample.jsonl"

@@ -13,7 +13,7 @@ from s3ft.config.train import TrainConfig
 
 @pytest.fixture
 def one_rank_env(monkeypatch):
-    from s3ft.train.launch import free_port
+    from s3ft.runtime.ports import free_port
 
     for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
                        "MASTER_PORT": str(free_port())}.items():

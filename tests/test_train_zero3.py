@@ -318,8 +318,8 @@ def test_chunked_loss_under_zero3_equals_full_logits(tmp_path):
 @pytest.fixture
 def one_rank_group(monkeypatch):
     """A one-rank gloo group in this process (the checkpoint functions synchronise ranks), torn down after."""
+    from s3ft.runtime.ports import free_port
     from s3ft.train import groups
-    from s3ft.train.launch import free_port
 
     for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
                        "MASTER_PORT": str(free_port())}.items():

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ from pathlib import Path
 
 from s3ft.config.train import TrainConfig
 from s3ft.errors import TrainingError
+from s3ft.runtime.ports import free_port
 from s3ft.train import checkpoint
 from s3ft.train.loop import run_worker
 from s3ft.train.spec import WorkerSpec
@@ -193,9 +193,3 @@ LAUNCHERS: dict[str, Callable[[WorkerSpec, TrainConfig], None]] = {
 
 def launch(spec: WorkerSpec, cfg: TrainConfig) -> None:
     LAUNCHERS[cfg.launcher](spec, cfg)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -34,7 +34,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,6 +43,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from s3ft.runtime.ports import free_port
 
 NODE_START_TIMEOUT_S = 120.0
 HEAD_ADDRESS = "127.0.0.2"
@@ -66,13 +67,6 @@ def missing_requirements() -> str | None:
     if probe.returncode:
         return f"this host cannot make namespaces: {probe.stderr.strip()}"
     return None
-
-
-def free_port(host: str = "") -> int:
-    """A port free on every loopback address (the nodes share one network namespace)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 @dataclass
