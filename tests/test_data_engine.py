@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -150,6 +151,26 @@ def test_streamed_and_staged_runs_write_the_same_rows_stores_and_manifests(
     assert merged(out) == merged(clean_run[0])
     assert stores(out) == stores(clean_run[0])
     assert len(stores(out)) == 5  # load, generate, judge, paraphrase, judge_paraphrase
+
+
+def test_the_llm_judge_starts_its_engines_once_for_both_judging_steps(
+    engine_workspace: Path, ray_session: None, tmp_path: Path
+) -> None:
+    """Streamed, both judging steps run at once; one judge serves them, so one pool of judge engines
+    (a second would wait for GPUs the first holds on a cluster sized for one)."""
+    from ray.util import placement_group_table
+
+    before = set(placement_group_table())
+    judge = {"model": {"path": str(engine_workspace / "model")},
+             "generation": {"backend": "vllm", "max_tokens": 8, "enforce_eager": True}}
+    stats = run_data(load_config(config_file(engine_workspace, tmp_path / "llm", judge__kind="llm", judge__llm=judge)))
+    rows = merged(tmp_path / "llm")
+    check_invariants(rows, stats)
+    assert all("unparseable verdict" in r["judge_reason"] or "llm judge" in r["judge_reason"] for r in rows)
+    assert all(r["paraphrase_correct"] is not None for r in rows if not r["response_correct"])  # judged again
+    pools = {re.search(r"\(pool (\w+)\)", group["name"])[1]
+             for key, group in placement_group_table().items() if key not in before and "s3ft engine" in group["name"]}
+    assert len(pools) == 2  # the generator's and the judge's
 
 
 def test_killed_mid_stream_leaves_no_process_and_resumes_without_redoing_shards(

@@ -68,13 +68,16 @@ def test_each_event_loop_gets_its_own_slots():
     assert asyncio.run(fresh())
 
 
-@pytest.mark.parametrize(("judge", "shared"), [
-    ({"kind": "code"}, True),  # both steps' programs run on the cluster's CPUs
-    ({"kind": "math"}, True),
-    ({"kind": "llm", "llm": {"model": {"path": "m"}}}, False),  # each step's judge starts engines of its own
-])
-def test_the_paraphrases_judging_shares_the_responses_slots_where_both_take_the_clusters_cpus(judge, shared):
+@pytest.mark.parametrize("judge", [{"kind": "code"}, {"kind": "math"}, {"kind": "llm", "llm": {"model": {"path": "m"}}}])
+def test_the_paraphrases_judging_shares_the_responses_judge_and_slots_and_the_judge_closes_once(judge, monkeypatch):
+    """One judge per stream: the LLM judge's engines are started once, not once per judging step."""
     cfg = JudgeConfig.model_validate(judge)
-    responses = JudgeInto(cfg, "responses", "verdicts")
-    paraphrases = JudgeInto(cfg, "paraphrase", "paraphrase_verdict", after=responses)
-    assert (paraphrases._slots() is responses._slots()) is shared
+    with JudgeInto(cfg, "responses", "verdicts") as responses:
+        with JudgeInto(cfg, "paraphrase", "paraphrase_verdict", after=responses) as paraphrases:
+            shared = responses._get_judge()
+            assert paraphrases._get_judge() is shared
+            assert paraphrases._slots() is responses._slots()
+            closed = []
+            monkeypatch.setattr(shared, "close", lambda: closed.append(1))
+        assert closed == []  # the later step leaves the judge to the step that made it
+    assert closed == [1]

@@ -34,9 +34,6 @@ class Judge:
     required_fields: ClassVar[tuple[str, ...]] = ("response",)
     runs_in_driver: ClassVar[bool] = False  # True for judges with their own pool or actors
     batches_at_once: ClassVar[int] = 1  # judges that run in the driver: batches it may judge at once, in threads
-    # Its work takes the cluster's CPUs (Ray tasks, sandboxes), which the judging steps of a stream then
-    # share (`judges.mapper`); False for judges whose work runs on engines of their own or an endpoint.
-    on_cluster_cpus: ClassVar[bool] = True
 
     def judge_row(self, row: Mapping[str, Any]) -> Verdict:
         raise NotImplementedError

@@ -71,7 +71,6 @@ def row_nonce(row: Mapping[str, Any]) -> str:
 class LLMJudge(Judge):
     required_fields = ("response", "question")  # and `answers` or `gold`: see missing_fields
     runs_in_driver = True  # it owns engines; whole shards come to it
-    on_cluster_cpus = False  # its engines (or its endpoint) judge, one per step
 
     def __init__(self, settings: LLMJudgeConfig | Mapping[str, Any]):
         self.settings = LLMJudgeConfig.model_validate(settings)

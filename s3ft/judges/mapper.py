@@ -10,11 +10,12 @@ Judges that run in the driver (the code judge spreads its programs itself, the L
 judge `batches_at_once` shards at a time in threads, so the event loop that feeds the engines never
 waits on them.
 
-The judging steps of one stream (the responses', then the paraphrases') share those slots where their
-judges take the cluster's CPUs (`Judge.on_cluster_cpus`: all but the LLM judge, whose engines are
-each step's own), and a free one goes to the earlier step's shard first: its verdicts decide what
-the engines paraphrase next, while the last step's feed nothing, so judging those first would leave
-the engines waiting and the last paraphrases to be generated and judged after everything else.
+The judging steps of one stream (the responses', then the paraphrases') share one judge (the LLM
+judge's engines are started once, not once per step, which on a cluster sized for one set of them
+would leave the second waiting for GPUs the first holds) and its slots, and a free slot goes to the
+earlier step's shard first: its verdicts decide what the engines paraphrase next, while the last
+step's feed nothing, so judging those first would leave the engines waiting and the last paraphrases
+to be generated and judged after everything else.
 """
 
 from __future__ import annotations
@@ -92,8 +93,8 @@ class JudgeInto:
 
     A context manager: the judge is built on first use and closed on exit (it may hold engines).
     `lender`: the engines' CPUs, for judge tasks when no other CPU is free. `after`: an earlier
-    judging step of the same stream, whose slots this one shares and yields to where its judge takes
-    the cluster's CPUs (see above).
+    judging step of the same stream, whose judge and slots this one shares (see above); the earlier
+    step closes the judge.
     """
 
     def __init__(self, cfg: JudgeConfig, field: str, verdict_field: str, lender: Lender | None = None,
@@ -114,6 +115,8 @@ class JudgeInto:
             self._judge = None
 
     def _get_judge(self) -> Judge:
+        if self._after is not None:
+            return self._after._get_judge()
         if self._judge is None:
             self._judge = judge_from_config(self.cfg)
             self._judge.lend(self.lender)
@@ -131,7 +134,7 @@ class JudgeInto:
         return self._get_judge().batches_at_once
 
     def _slots(self) -> Slots:
-        if self._after is not None and self._get_judge().on_cluster_cpus:
+        if self._after is not None:
             return self._after._slots()
         self._own_slots = self._own_slots or Slots()
         return self._own_slots
