@@ -68,7 +68,8 @@ def test_each_event_loop_gets_its_own_slots():
     assert asyncio.run(fresh())
 
 
-@pytest.mark.parametrize("judge", [{"kind": "code"}, {"kind": "math"}, {"kind": "llm", "llm": {"model": {"path": "m"}}}])
+@pytest.mark.parametrize("judge", [{"kind": "code"}, {"kind": "math"},
+                                   {"kind": "llm", "llm": {"model": {"path": "m"}}}])
 def test_the_paraphrases_judging_shares_the_responses_judge_and_slots_and_the_judge_closes_once(judge, monkeypatch):
     """One judge per stream: the LLM judge's engines are started once, not once per judging step."""
     cfg = JudgeConfig.model_validate(judge)

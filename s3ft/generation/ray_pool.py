@@ -14,8 +14,6 @@ CPUs itself: the judges borrow them (`cpu_slots`, `s3ft.runtime.lending`).
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 import logging
 import os
 import uuid
@@ -31,6 +29,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, Place
 from s3ft.config import GenerationConfig, ModelConfig
 from s3ft.errors import ConfigError, S3FTError
 from s3ft.generation.base import EngineLimits, Sampling
+from s3ft.runtime.admission import Admission
 from s3ft.runtime.cluster import require_ray
 from s3ft.runtime.lending import CpuSlot
 
@@ -155,8 +154,9 @@ class GenerationPool:
         self.placement: list[dict[str, Any]] = []  # where each engine ran, replacements appended
         self._engines: list[_Engine] = []
         self._starting: dict[_Engine, asyncio.Task[None]] = {}  # replacements, until they are ready
-        self._waiting: list[tuple[int, int, int, Sampling, asyncio.Future[_Engine]]] = []  # a heap
-        self._arrivals = itertools.count()
+        # A shard's request: its sequences and sampling; a higher priority is a lower rank.
+        self._admission: Admission[tuple[int, Sampling], _Engine] = Admission(
+            lambda request: self._take(*request), lambda engine, request: self._give_back(engine, request[0]))
         try:
             self._engines = [self._launch() for _ in range(gen.num_engines)]
             self._wait_ready()
@@ -316,16 +316,12 @@ class GenerationPool:
         self._engines.append(engine)
         self.placement.append(engine.where)
         log.info("generation: a replacement engine is ready on %s", _node(engine.where))
-        self._hand_out()
+        self._admission.hand_out()
 
     def _fail_if_no_engine(self) -> None:
         if self._engines or self._starting:
             return
-        error = S3FTError("generation: every engine died and none could be started again")
-        for *_, future in self._waiting:
-            if not future.done():
-                future.set_exception(error)
-        self._waiting.clear()
+        self._admission.fail(S3FTError("generation: every engine died and none could be started again"))
 
     # --- admission: which engine takes a shard, and when ------------------------------------------
 
@@ -348,37 +344,11 @@ class GenerationPool:
     def _give_back(self, engine: _Engine, cost: int) -> None:
         engine.sequences -= cost
         engine.shards -= 1
-        self._hand_out()
-
-    def _hand_out(self) -> None:
-        while self._waiting:  # hand the room to the waiting shards, highest priority first
-            _, _, wanted, sampling, future = self._waiting[0]
-            if future.done():  # its caller gave up
-                heapq.heappop(self._waiting)
-                continue
-            taken = self._take(wanted, sampling)
-            if taken is None:
-                return
-            heapq.heappop(self._waiting)
-            future.set_result(taken)
+        self._admission.hand_out()  # the room goes to the waiting shards, highest priority first
 
     def has_room(self, sampling: Sampling) -> bool:
         """Would a shard start on an engine now, rather than wait?"""
-        return not self._waiting and any(self._has_room(e, sampling) for e in self._engines)
-
-    async def _admit(self, cost: int, sampling: Sampling, priority: int) -> _Engine:
-        self._fail_if_no_engine()
-        ahead = self._waiting and self._waiting[0][0] <= -priority  # one waits with as high a priority
-        if not ahead and (engine := self._take(cost, sampling)) is not None:
-            return engine
-        future: asyncio.Future[_Engine] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._waiting, (-priority, next(self._arrivals), cost, sampling, future))
-        try:
-            return await future
-        except asyncio.CancelledError:
-            if future.done() and not future.cancelled():  # room was handed over as it was cancelled
-                self._give_back(future.result(), cost)
-            raise
+        return not self._admission.waiting and any(self._has_room(e, sampling) for e in self._engines)
 
     # --- generation ---------------------------------------------------------------------------------
 
@@ -391,7 +361,8 @@ class GenerationPool:
         cost = max(1, len(prompts) * sampling.n)
         attempts = 0
         while True:
-            engine = await self._admit(cost, sampling, priority)
+            self._fail_if_no_engine()
+            engine = await self._admission.enter(-priority, (cost, sampling))
             attempts += 1
             try:
                 return await _result(engine.actor.generate.remote(prompts, sampling))

@@ -21,8 +21,6 @@ to be generated and judged after everything else.
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -31,6 +29,7 @@ from typing import Any, Self
 from s3ft.config import JudgeConfig
 from s3ft.judges.base import Judge
 from s3ft.judges.run import judge_from_config, judge_rows, verdict_dict
+from s3ft.runtime.admission import Admission
 from s3ft.runtime.lending import SEND_ATTEMPTS, SLOT_CHECK_S, CpuSlot, Lender, borrow, cpus, send, stranded
 
 log = logging.getLogger(__name__)
@@ -46,46 +45,38 @@ class Slots:
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._free = 0
-        self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []  # a heap
-        self._arrivals = itertools.count()
+        self._admission: Admission[None, bool] = Admission(self._take, self._give_back)
 
     def _on(self, count: Callable[[], int]) -> None:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
-            self._loop, self._free, self._waiting = loop, count(), []
+            self._loop, self._free = loop, count()
+            self._admission = Admission(self._take, self._give_back)
+
+    def _take(self, _: None) -> bool | None:
+        if self._free == 0:
+            return None
+        self._free -= 1
+        return True
+
+    def _give_back(self, *_: object) -> None:
+        self._free += 1
+        self._admission.hand_out()
 
     def free(self, count: Callable[[], int]) -> bool:
         """Would a shard start at once? `count`: the slots, asked once per loop, of its first caller (on Ray
         it asks the cluster, which is not for every shard)."""
         self._on(count)
-        return self._free > 0 and not self._waiting
+        return self._free > 0 and not self._admission.waiting
 
     @asynccontextmanager
     async def held(self, rank: int, count: Callable[[], int]) -> AsyncIterator[None]:
         self._on(count)
-        if self._free > 0 and not self._waiting:
-            self._free -= 1
-        else:
-            future = self._loop.create_future()  # type: ignore[union-attr]
-            heapq.heappush(self._waiting, (rank, next(self._arrivals), future))
-            try:
-                await future  # the releaser hands its slot over: `_free` stays as it was
-            except asyncio.CancelledError:
-                if future.done() and not future.cancelled():  # the slot was handed over as it was cancelled
-                    self._release()
-                raise
+        await self._admission.enter(rank, None)
         try:
             yield
         finally:
-            self._release()
-
-    def _release(self) -> None:
-        while self._waiting:
-            _, _, future = heapq.heappop(self._waiting)
-            if not future.done():  # else its caller gave up
-                future.set_result(None)
-                return
-        self._free += 1
+            self._give_back()
 
 
 class JudgeInto:
