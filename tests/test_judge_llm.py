@@ -96,14 +96,19 @@ class EchoTokenizer:
 
 
 class GoldReadingPool:
-    """A stand-in judge model: 'correct' when the prediction is one of the gold answers it was shown."""
+    """A stand-in judge model: 'correct' when the prediction is one of the gold answers it was shown.
+    It answers the shards in reverse, as a pool may finish them in any order."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
 
     def generate_shards(self, shards: list[tuple[int, list[str]]], sampling: object) -> list[tuple[int, list[list[str]]]]:
         def reply(prompt: str) -> str:
             fields = data_blocks(prompt)
             return "correct" if fields["RESPONSE"] in fields["GOLD"].split(" | ") else "incorrect"
 
-        return [(key, [[reply(p)] for p in prompts]) for key, prompts in shards]
+        self.sizes += [len(prompts) for _, prompts in shards]
+        return [(key, [[reply(p)] for p in prompts]) for key, prompts in reversed(shards)]
 
 
 def test_a_row_with_answers_and_no_gold_is_judged_against_every_answer() -> None:
@@ -119,6 +124,17 @@ def test_a_row_with_answers_and_no_gold_is_judged_against_every_answer() -> None
     verdicts = judge.judge_batch(rows)
     assert [v.correct for v in verdicts] == [True, False, True, False]
     assert verdicts[3].reason == "error: missing field(s) answers or gold"
+
+
+def test_a_batch_goes_out_in_a_piece_per_judge_engine_and_its_verdicts_come_back_in_order() -> None:
+    judge = LLMJudge({"model": {"path": "unused"}, "generation": {"num_engines": 3}})
+    pool = GoldReadingPool()
+    judge._pool, judge._tokenizer = pool, EchoTokenizer()
+    answers = ["Paris", "Lyon", "Paris", "Nice", "Nice", "Paris", "Lyon"]
+    rows = [{"question": "Where is the Louvre?", "gold": "Paris", "response": a} for a in answers]
+    verdicts = judge.judge_batch(rows)
+    assert pool.sizes == [3, 3, 1]  # the pool hands each engine whole shards
+    assert [v.correct for v in verdicts] == [a == "Paris" for a in answers]
 
 
 def data_blocks(prompt: str) -> dict[str, str]:

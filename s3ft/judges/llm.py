@@ -122,8 +122,11 @@ class LLMJudge(Judge):
         sampling = Sampling.from_config(gen)
         pool, tokenizer = self._engine()
         prompts = [render_prompt(tokenizer, messages) for messages in requests]
-        ((_, completions),) = list(pool.generate_shards([(0, prompts)], sampling))
-        return [c[0] for c in completions]
+        # The pool gives each engine whole shards: one piece per engine, or one engine does all the work.
+        per = -(-len(prompts) // gen.num_engines)
+        pieces = [(start, prompts[start:start + per]) for start in range(0, len(prompts), per)]
+        replies = dict(pool.generate_shards(pieces, sampling))
+        return [c[0] for start, _ in pieces for c in replies[start]]
 
     def _endpoint(self, settings: EndpointConfig) -> EndpointClient:
         if self._client is None:
