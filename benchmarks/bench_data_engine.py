@@ -11,10 +11,11 @@ size set how long generation takes against judging: the defaults make them compa
 reader sees the balance the ratio was measured at.
 
 `--max-num-seqs` (vLLM's limit on the sequences an engine runs at once; the pool holds twice that)
-sets how many engine batches the data is; unset, vLLM's default (256) holds these rows in one batch,
-where a real run is many batches (7,473 GSM8K rows at 256 are 29). Both modes run with the same
-value. On the development machine 32 (5 batches of the 164 rows) measured within the spread of 256:
-both cores are busy while judging and generation overlap, so the CPUs, not the batches, set the gain.
+sets how many engine batches the data is. The default, 32, makes the 328 rows ~10 batches, as a
+real run is many (7,473 GSM8K rows at vLLM's default of 256 are 29). At vLLM's default
+(`--max-num-seqs 0`) these rows are one batch, which every response shard leaves at once after the
+engine's start-up: nothing can be judged before, and that first quarter of the run is the same in
+both modes (figures of both settings in docs/benchmarks.md). Both modes run with the same value.
 
 Both modes run the same command on the same local Ray cluster (started here, `--cpus` CPUs: one
 for the engine, the rest for the judge), alternating, each in a fresh run directory; the first run
@@ -76,7 +77,7 @@ def config(work: Path, out: Path, args: argparse.Namespace, stream: bool) -> Pat
         "model": {"path": str(work / "model"), "dtype": "float32"},
         "data": {"path": str(work / "rows.jsonl"), "task": "humaneval"},
         "generation": {"backend": "vllm", "max_tokens": args.max_tokens, "shard_size": args.shard_size,
-                       "max_num_seqs": args.max_num_seqs, "enforce_eager": True, "stream": stream},
+                       "max_num_seqs": args.max_num_seqs or None, "enforce_eager": True, "stream": stream},
         "judge": {"kind": "code", "options": {"timeout_s": 5}},
         "selection": {"strategy": "s3ft"},
     }
@@ -144,8 +145,8 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=2, help="copies of the 164 HumanEval problems")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--shard-size", type=int, default=32)
-    parser.add_argument("--max-num-seqs", type=int, default=None, help="the engine's batch (vLLM's max_num_seqs); "
-                        "unset: vLLM's default")
+    parser.add_argument("--max-num-seqs", type=int, default=32, help="the engine's batch (vLLM's max_num_seqs); "
+                        "0: vLLM's default")
     parser.add_argument("--hidden-size", type=int, default=256)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--cpus", type=int, default=os.cpu_count() or 2, help="CPUs of the local Ray cluster")
