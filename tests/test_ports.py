@@ -33,3 +33,15 @@ def test_without_a_quiet_range_the_kernel_picks(monkeypatch) -> None:
     low = ports.ephemeral_start()
     monkeypatch.setattr(ports, "ephemeral_start", lambda: ports.RAY_WORKER_PORTS_END)
     assert ports.free_port() >= low
+
+
+def test_processes_seeded_alike_draw_different_ports(monkeypatch) -> None:
+    """Training seeds Python's `random`: two runs started alike must not race for the same ports."""
+    import random
+
+    draws = []
+    for _ in range(2):
+        monkeypatch.setattr(ports, "_handed_out", set())  # as in a fresh process
+        random.seed(0)
+        draws.append([ports.free_port() for _ in range(5)])
+    assert draws[0] != draws[1]

@@ -14,6 +14,7 @@ from pathlib import Path
 RAY_WORKER_PORTS_END = 20000  # `ray start --max-worker-port` defaults to 19999
 LINUX_EPHEMERAL_START = 32768  # net.ipv4.ip_local_port_range's default low end
 TRIES = 200
+_RANDOM = random.SystemRandom()  # not the seeded global one: runs seeded alike would draw the same ports
 
 _handed_out: set[int] = set()  # free until their user binds them, so not to be handed out twice
 
@@ -22,7 +23,7 @@ def free_port(host: str = "") -> int:
     """A TCP port nothing listens on or is bound to at `host` ("" = every address), from the quiet range
     when the machine has one; else one the kernel picks."""
     quiet = range(RAY_WORKER_PORTS_END, ephemeral_start())
-    for port in random.sample(quiet, k=min(TRIES, len(quiet))):
+    for port in _RANDOM.sample(quiet, k=min(TRIES, len(quiet))):
         if port not in _handed_out and _bindable(host, port):
             _handed_out.add(port)
             return port
