@@ -14,11 +14,12 @@ CPUs itself: the judges borrow them (`cpu_slots`, `s3ft.runtime.lending`).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Self, TypeVar
 
 import ray
@@ -42,12 +43,34 @@ SHARDS_WITHOUT_LIMITS = 2  # shards per engine for backends without a continuous
 # A vLLM engine holds the sequences it can run at once and as many again in its queue: sequences of
 # one length end together, and the next batch must already be there rather than a driver round trip away.
 BATCHES_HELD = 2
+# A `drive` loop starts once no shard has come for this long: the shards a stream sends at once (its
+# first fill) go into the engine together, rather than the first one running alone until it is done.
+FILL_S = 0.002
+
+
+class _InTurn:
+    """`add`/`drive` over a backend without a continuous batch (hf): each `drive` runs one queued shard."""
+
+    def __init__(self, backend: Any) -> None:
+        self._backend = backend
+        self._queued: dict[Any, tuple[list[str], Sampling]] = {}
+
+    def add(self, ticket: Any, prompts: list[str], sampling: Sampling) -> None:
+        self._queued[ticket] = (prompts, sampling)
+
+    def drive(self) -> dict[Any, list[list[str]]]:
+        if not self._queued:
+            return {}
+        ticket = next(iter(self._queued))
+        return {ticket: self._backend.generate(*self._queued.pop(ticket))}
 
 
 @ray.remote
 class _EngineActor:
-    """One backend in one Ray worker. An asyncio actor, so it holds as many shards at once as the
-    pool sends: the vLLM backend takes them into one continuous batch (`submit`), others run in threads."""
+    """One backend in one Ray worker. A plain (not asyncio, not threaded) actor: Ray runs its tasks one at
+    a time on the worker's main thread, so the engine steps there (`drive`) and no idle Ray loop beside it
+    takes the GIL from it. The pool queues each shard (`add`) and keeps one `drive` call going while any
+    is queued; shards added meanwhile join the running batch at the next `drive`."""
 
     def __init__(self, backend: str, options: dict[str, Any], env: dict[str, str | None]) -> None:
         for name, value in env.items():
@@ -60,11 +83,14 @@ class _EngineActor:
         # Kept, not raised: an error in __init__ reaches the driver only as Ray's ActorDiedError text,
         # while one raised by `ready` keeps its type (ModelError) for the CLI to print plainly.
         self._backend: Any = None
+        self._driven: Any = None
         self._error: Exception | None = None
         try:
             self._backend = BACKENDS[backend](**options)
         except Exception as exc:  # noqa: BLE001
             self._error = exc
+        else:
+            self._driven = self._backend if hasattr(self._backend, "drive") else _InTurn(self._backend)
 
     def ready(self) -> EngineLimits | None:
         """The engine's limits once it runs (None for backends without a continuous batch)."""
@@ -73,16 +99,17 @@ class _EngineActor:
         limits = getattr(self._backend, "limits", None)
         return limits() if limits is not None else None
 
-    async def generate(self, prompts: list[str], sampling: Sampling) -> list[list[str]]:
+    def add(self, ticket: int, prompts: list[str], sampling: Sampling) -> None:
         self.ready()
-        submit = getattr(self._backend, "submit", None)
-        if submit is None:
-            return await asyncio.to_thread(self._backend.generate, prompts, sampling)
-        return await asyncio.wrap_future(submit(prompts, sampling))
+        self._driven.add(ticket, prompts, sampling)
 
-    async def load(self, model_path: str) -> None:
+    def drive(self) -> dict[int, list[list[str]]]:
         self.ready()
-        await asyncio.to_thread(self._backend.load, model_path)
+        return self._driven.drive()
+
+    def load(self, model_path: str) -> None:
+        self.ready()
+        self._backend.load(model_path)
 
     def where(self) -> dict[str, Any]:
         from s3ft.runtime.placement import here
@@ -115,6 +142,8 @@ class _Engine:
     sequences: int = 0  # sequences it holds now
     shards: int = 0  # shards it holds now
     where: dict[str, Any] | None = None  # its node (runtime.placement.here), once it is ready
+    tickets: dict[int, asyncio.Future[list[list[str]]]] = field(default_factory=dict)  # shards added, not back
+    driving: asyncio.Task[None] | None = None  # the loop of `drive` calls, while it holds tickets
 
 
 class GenerationPool:
@@ -157,6 +186,7 @@ class GenerationPool:
         # A shard's request: its sequences and sampling; a higher priority is a lower rank.
         self._admission: Admission[tuple[int, Sampling], _Engine] = Admission(
             lambda request: self._take(*request), lambda engine, request: self._give_back(engine, request[0]))
+        self._tickets = itertools.count()
         try:
             self._engines = [self._launch() for _ in range(gen.num_engines)]
             self._wait_ready()
@@ -365,7 +395,7 @@ class GenerationPool:
             engine = await self._admission.enter(-priority, (cost, sampling))
             attempts += 1
             try:
-                return await _result(engine.actor.generate.remote(prompts, sampling))
+                return await self._on(engine, prompts, sampling)
             except RayActorError as exc:
                 if attempts >= MAX_SHARD_ATTEMPTS:
                     raise
@@ -377,6 +407,50 @@ class GenerationPool:
                 raise _plain(exc) from None
             finally:
                 self._give_back(engine, cost)
+
+    async def _on(self, engine: _Engine, prompts: list[str], sampling: Sampling) -> list[list[str]]:
+        """One shard's completions from `engine`: added to its batch, handed back by its `drive` loop."""
+        ticket = next(self._tickets)
+        done = engine.tickets[ticket] = asyncio.get_running_loop().create_future()
+        added = engine.actor.add.remote(ticket, prompts, sampling)  # Ray runs it before the `drive` after it
+        if engine.driving is None or engine.driving.cancelling():
+            engine.driving = asyncio.get_running_loop().create_task(self._drive(engine))
+        try:
+            await _result(added)
+            return await done
+        finally:
+            engine.tickets.pop(ticket, None)
+            if done.done() and not done.cancelled():
+                done.exception()  # seen: where its add failed too (a dead engine), that error is the one raised
+            if not engine.tickets and engine.driving is not None:
+                engine.driving.cancel()  # a shard abandoned (its stream closed) leaves no loop behind
+
+    async def _settled(self) -> None:
+        """Wait for the `drive` loops cancelled as their last shard left: an event loop about to close
+        must not hold them."""
+        await asyncio.gather(*(e.driving for e in self._engines if e.driving is not None), return_exceptions=True)
+
+    async def _drive(self, engine: _Engine) -> None:
+        """Keep one `drive` call going on the engine while it holds shards: each returns when at least one
+        is complete. Shards added meanwhile queue behind it and join the batch at the next `drive`, while
+        the engine works through the batch it holds. Its failure (the engine died, or raised) is every
+        held shard's."""
+        try:
+            held = -1
+            while held != len(engine.tickets):
+                held = len(engine.tickets)
+                await asyncio.sleep(FILL_S)
+            while engine.tickets:
+                for ticket, completions in (await _result(engine.actor.drive.remote())).items():
+                    if (done := engine.tickets.get(ticket)) is not None and not done.done():
+                        done.set_result(completions)
+        except (RayActorError, RayTaskError) as exc:
+            for done in engine.tickets.values():
+                if not done.done():
+                    done.set_exception(exc)
+        finally:
+            if engine.driving is asyncio.current_task():
+                engine.driving = None
 
     def generate_shards(
         self, items: Iterable[tuple[K, list[str]]], sampling: Sampling
@@ -416,6 +490,7 @@ class GenerationPool:
             for task in running:
                 task.cancel()
             await asyncio.gather(*running, return_exceptions=True)
+            await self._settled()
 
     def shutdown(self) -> None:
         """Stop the engines (their own subprocesses too) and hand their resources back to the cluster."""

@@ -1,11 +1,13 @@
-"""The vLLM backend: one vLLM engine, fed from any number of threads at once.
+"""The vLLM backend: one vLLM engine, fed shard by shard, stepped by whoever holds it.
 
-`vllm.LLM` serves one blocking call at a time, but the pool keeps several shards in flight per
-engine and they should share one continuously batched engine rather than queue shard after shard.
-So a private thread drives the `LLM`'s engine as `LLM.generate` itself does (`add_request`, then
-`step` until done) while taking in requests from every caller; each caller waits on its own
-futures. vLLM's `AsyncLLM` would do the same, but its asyncio front end made generation ~15-20%
-slower than `LLM` on the benchmark (benchmarks/bench_generation.py).
+`vllm.LLM.generate` serves one blocking call at a time, but the pool keeps several shards in flight per
+engine and they should share one continuously batched engine rather than queue shard after shard. So
+the backend drives the `LLM`'s engine as `LLM.generate` itself does (`add_request`, then `step`), split
+in two: `add` queues a shard's prompts under a ticket, `drive` steps until at least one ticket is
+complete. The engine actor calls both on its process's main thread, as Ray runs a plain actor's tasks
+(`ray_pool._EngineActor`): an engine thread of our own beside an idle main thread lost 5-8% to bare
+`LLM.generate` (benchmarks/bench_generation.py), because Ray's task loop takes the GIL from it every
+10 ms while the main thread idles. vLLM's `AsyncLLM` was ~15-20% slower still, for its asyncio front end.
 vLLM is imported here lazily: `import s3ft.generation` must work on machines without it.
 
 The engine core runs in this process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`), not as the child process
@@ -21,36 +23,21 @@ to be set inside vLLM's spawned process, and fires when the thread that started 
 from __future__ import annotations
 
 import os
-import queue
-import threading
 import uuid
 from collections.abc import Sequence
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 from s3ft.errors import ModelError
 from s3ft.generation.base import BACKENDS, EngineLimits, Sampling
 
-_STOP = object()  # tells the engine thread to end
-_LOAD = object()  # tells the engine thread to load other weights
 
-
-class _Batch:
-    """The prompts of one `submit`: their completions fill in as requests end, then the future resolves."""
+class _Ticket:
+    """The prompts of one `add`: their completions fill in as their requests end."""
 
     def __init__(self, size: int) -> None:
-        self.future: Future[list[list[str]]] = Future()
         self.texts: list[list[str]] = [[] for _ in range(size)]
         self.left = size
-        if not size:
-            self.future.set_result([])
-
-    def done(self, index: int, texts: list[str]) -> None:
-        self.texts[index] = texts
-        self.left -= 1
-        if not self.left:
-            self.future.set_result(self.texts)
 
 
 class VLLMBackend:
@@ -94,25 +81,23 @@ class VLLMBackend:
             disable_log_stats=True,
             **engine_kwargs,
         )
-        self._incoming: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._failure: BaseException | None = None
-        self._thread = threading.Thread(target=self._serve, name="vllm-engine", daemon=True)
-        self._thread.start()
+        self._tickets: dict[Any, _Ticket] = {}
+        self._waiting: dict[str, tuple[Any, int]] = {}  # vLLM request id -> (ticket, prompt index)
+        self._done: dict[Any, list[list[str]]] = {}  # complete, not yet handed out by `drive`
 
     def generate(self, prompts: Sequence[str], sampling: Sampling) -> list[list[str]]:
-        """Thread-safe; calls made at the same time are batched together by the engine."""
-        return self.submit(prompts, sampling).result()
+        """All completions of `prompts`, in prompt order (steps the engine until they are done)."""
+        ticket = object()
+        self.add(ticket, prompts, sampling)
+        while ticket not in self._done:
+            self._step()
+        return self._done.pop(ticket)
 
-    def submit(self, prompts: Sequence[str], sampling: Sampling) -> Future[list[list[str]]]:
-        """Queue the prompts for the engine and return at once: one future for them all, in prompt order.
-
-        One future per call, not per prompt: each future resolved wakes its waiter's thread (the actor's
-        event loop), which then takes the GIL from the engine thread."""
+    def add(self, ticket: Any, prompts: Sequence[str], sampling: Sampling) -> None:
+        """Queue the prompts for the engine under `ticket`; `drive` hands their completions back."""
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
-        if self._failure is not None:
-            raise RuntimeError("the vLLM engine failed earlier") from self._failure
         params = SamplingParams(
             n=sampling.n,
             temperature=sampling.temperature,
@@ -124,20 +109,42 @@ class VLLMBackend:
             output_kind=RequestOutputKind.FINAL_ONLY,
         )
         token_ids = self._tokenizer(list(prompts), add_special_tokens=False)["input_ids"] if prompts else []
-        batch = _Batch(len(token_ids))
-        if token_ids:
-            self._incoming.put((token_ids, params, batch))
-        return batch.future
+        if not token_ids:
+            self._done[ticket] = []
+            return
+        self._tickets[ticket] = _Ticket(len(token_ids))
+        engine = self._llm.llm_engine
+        for index, ids in enumerate(token_ids):
+            request_id = uuid.uuid4().hex  # outputs carry this id (vLLM adds a suffix of its own inside)
+            engine.add_request(request_id, {"prompt_token_ids": ids}, params)
+            self._waiting[request_id] = (ticket, index)
+
+    def drive(self) -> dict[Any, list[list[str]]]:
+        """Step the engine until at least one ticket is complete, and hand the complete ones over
+        (`{}` at once when none is queued)."""
+        while not self._done and self._waiting:
+            self._step()
+        done, self._done = self._done, {}
+        return done
+
+    def _step(self) -> None:
+        for output in self._llm.llm_engine.step():
+            if output.finished and output.request_id in self._waiting:
+                ticket, index = self._waiting.pop(output.request_id)
+                entry = self._tickets[ticket]
+                entry.texts[index] = [c.text for c in sorted(output.outputs, key=lambda c: c.index)]
+                entry.left -= 1
+                if not entry.left:
+                    self._done[ticket] = self._tickets.pop(ticket).texts
 
     def load(self, model_path: str | Path) -> None:
         """Load another checkpoint of the same architecture and tokenizer into the running engine (vLLM's
         in-place `reload_weights`, ~20 ms for the demo's model against seconds for a fresh engine), between
-        generations: the engine thread does it once every request taken before has ended."""
-        if self._failure is not None:
-            raise RuntimeError("the vLLM engine failed earlier") from self._failure
-        done: Future[None] = Future()
-        self._incoming.put((_LOAD, str(model_path), done))
-        done.result()
+        generations: requests queued before it end first, on the old weights (`drive` hands them over)."""
+        while self._waiting:
+            self._step()
+        self._llm.collective_rpc("reload_weights", kwargs={"weights_path": str(model_path)})
+        self._llm.reset_prefix_cache()  # cached keys and values were computed by the old weights
 
     def limits(self) -> EngineLimits:
         """What the started engine can run at once: its scheduler's sequence limit and its KV cache."""
@@ -145,65 +152,8 @@ class VLLMBackend:
         cache = config.cache_config
         return EngineLimits(config.scheduler_config.max_num_seqs, (cache.num_gpu_blocks or 0) * cache.block_size)
 
-    def _serve(self) -> None:
-        """The engine loop: take in new requests between steps, resolve each future when its request ends.
-        A load waits until the requests taken before it have ended, and takes no new one meanwhile."""
-        engine = self._llm.llm_engine
-        waiting: dict[str, tuple[_Batch, int]] = {}
-        load: tuple[str, Future[None]] | None = None
-        while True:
-            if load is not None and not waiting:
-                self._reload(*load)
-                load = None
-            request = None if load is not None else self._incoming.get() if not waiting else self._next_nowait()
-            while request is not None:
-                if request is _STOP:
-                    return
-                prompts, params, batch = request
-                if prompts is _LOAD:
-                    load = (params, batch)
-                    break
-                for index, ids in enumerate(prompts):
-                    request_id = uuid.uuid4().hex  # outputs carry this id (vLLM adds a suffix of its own inside)
-                    engine.add_request(request_id, {"prompt_token_ids": ids}, params)
-                    waiting[request_id] = (batch, index)
-                request = self._next_nowait()
-            if not waiting:
-                continue
-            try:
-                outputs = engine.step()
-            except BaseException as exc:  # the engine is gone: every caller hears of it, now and later
-                self._failure = exc
-                for future in {batch.future for batch, _ in waiting.values()} | ({load[1]} if load else set()):
-                    future.set_exception(exc)
-                waiting.clear()
-                return
-            for output in outputs:
-                if output.finished and output.request_id in waiting:
-                    batch, index = waiting.pop(output.request_id)
-                    batch.done(index, [c.text for c in sorted(output.outputs, key=lambda c: c.index)])
-
-    def _reload(self, path: str, done: Future[None]) -> None:
-        try:
-            self._llm.collective_rpc("reload_weights", kwargs={"weights_path": path})
-            self._llm.reset_prefix_cache()  # cached keys and values were computed by the old weights
-        except Exception as exc:  # noqa: BLE001 - the caller hears of it
-            done.set_exception(exc)
-        else:
-            done.set_result(None)
-
-    def _next_nowait(self) -> Any:
-        try:
-            return self._incoming.get_nowait()
-        except queue.Empty:
-            return None
-
     def close(self) -> None:
         """Stop the engine's processes now rather than at interpreter exit."""
-        if not self._thread.is_alive():
-            return
-        self._incoming.put(_STOP)
-        self._thread.join()
         self._llm.llm_engine.engine_core.shutdown()
 
 
