@@ -18,6 +18,7 @@ import itertools
 import logging
 import os
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Self, TypeVar
@@ -69,8 +70,8 @@ class _InTurn:
 class _EngineActor:
     """One backend in one Ray worker. A plain (not asyncio, not threaded) actor: Ray runs its tasks one at
     a time on the worker's main thread, so the engine steps there (`drive`) and no idle Ray loop beside it
-    takes the GIL from it. The pool queues each shard (`add`) and keeps one `drive` call going while any
-    is queued; shards added meanwhile join the running batch at the next `drive`."""
+    takes the GIL from it. The pool queues each shard (`add`) and keeps `drive` calls going while any is
+    queued (`GenerationPool._drive`); shards added meanwhile join the running batch at a later `drive`."""
 
     def __init__(self, backend: str, options: dict[str, Any], env: dict[str, str | None]) -> None:
         for name, value in env.items():
@@ -431,17 +432,20 @@ class GenerationPool:
         await asyncio.gather(*(e.driving for e in self._engines if e.driving is not None), return_exceptions=True)
 
     async def _drive(self, engine: _Engine) -> None:
-        """Keep one `drive` call going on the engine while it holds shards: each returns when at least one
-        is complete. Shards added meanwhile queue behind it and join the batch at the next `drive`, while
-        the engine works through the batch it holds. Its failure (the engine died, or raised) is every
-        held shard's."""
+        """Keep `drive` calls going on the engine while it holds shards: each returns when at least one is
+        complete, and the next already waits in the actor's queue, so the engine steps on at once rather
+        than a driver round trip later. Shards added meanwhile queue behind it and join the batch at a
+        later `drive`, while the engine works through the two batches it holds. Its failure (the engine
+        died, or raised) is every held shard's."""
         try:
             held = -1
             while held != len(engine.tickets):
                 held = len(engine.tickets)
                 await asyncio.sleep(FILL_S)
+            calls = deque([engine.actor.drive.remote()])
             while engine.tickets:
-                for ticket, completions in (await _result(engine.actor.drive.remote())).items():
+                calls.append(engine.actor.drive.remote())
+                for ticket, completions in (await _result(calls.popleft())).items():
                     if (done := engine.tickets.get(ticket)) is not None and not done.done():
                         done.set_result(completions)
         except (RayActorError, RayTaskError) as exc:
