@@ -185,8 +185,7 @@ class GenerationPool:
         self._engines: list[_Engine] = []
         self._starting: dict[_Engine, asyncio.Task[None]] = {}  # replacements, until they are ready
         # A shard's request: its sequences and sampling; a higher priority is a lower rank.
-        self._admission: Admission[tuple[int, Sampling], _Engine] = Admission(
-            lambda request: self._take(*request), lambda engine, request: self._give_back(engine, request[0]))
+        self._admission: Admission[tuple[int, Sampling], _Engine] = Admission(self._take, self._give_back)
         self._tickets = itertools.count()
         try:
             self._engines = [self._launch() for _ in range(gen.num_engines)]
@@ -363,7 +362,8 @@ class GenerationPool:
             return engine.shards < (self.shards_in_flight or SHARDS_WITHOUT_LIMITS)
         return engine.sequences < BATCHES_HELD * engine.limits.sequences(sampling.max_tokens)
 
-    def _take(self, cost: int, sampling: Sampling) -> _Engine | None:
+    def _take(self, request: tuple[int, Sampling]) -> _Engine | None:
+        cost, sampling = request
         free = [e for e in self._engines if self._has_room(e, sampling)]
         if not free:
             return None
@@ -372,7 +372,8 @@ class GenerationPool:
         engine.shards += 1
         return engine
 
-    def _give_back(self, engine: _Engine, cost: int) -> None:
+    def _give_back(self, engine: _Engine, request: tuple[int, Sampling]) -> None:
+        cost, _ = request
         engine.sequences -= cost
         engine.shards -= 1
         self._admission.hand_out()  # the room goes to the waiting shards, highest priority first
@@ -389,11 +390,11 @@ class GenerationPool:
         """Completions of one shard, once an engine has room for it (higher `priority` first). A shard
         whose engine died (or whose node was lost) is redone on another engine, and the log names the
         node and the shard (`key`)."""
-        cost = max(1, len(prompts) * sampling.n)
+        request = (max(1, len(prompts) * sampling.n), sampling)
         attempts = 0
         while True:
             self._fail_if_no_engine()
-            engine = await self._admission.enter(-priority, (cost, sampling))
+            engine = await self._admission.enter(-priority, request)
             attempts += 1
             try:
                 return await self._on(engine, prompts, sampling)
@@ -407,7 +408,7 @@ class GenerationPool:
             except RayTaskError as exc:
                 raise _plain(exc) from None
             finally:
-                self._give_back(engine, cost)
+                self._give_back(engine, request)
 
     async def _on(self, engine: _Engine, prompts: list[str], sampling: Sampling) -> list[list[str]]:
         """One shard's completions from `engine`: added to its batch, handed back by its `drive` loop."""

@@ -45,7 +45,7 @@ class Slots:
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._free = 0
-        self._admission: Admission[None, bool] = Admission(self._take, self._give_back)
+        self._admission: Admission[None, bool]  # made by `_on`, in each loop's first call
 
     def _on(self, count: Callable[[], int]) -> None:
         loop = asyncio.get_running_loop()
